@@ -1,0 +1,28 @@
+"""Device and execution-mode set-up shared by every entry point."""
+import os
+
+import mindspore as ms
+
+from src.errors import UserError
+
+
+def init_device(cfg, mode=ms.GRAPH_MODE):
+    """Select `cfg.device_target` (and `cfg.device_id` outside a launcher) and the execution mode.
+
+    Raises UserError when this machine has no such device, instead of MindSpore's C++ stack.
+    """
+    target = cfg.device_target
+    if not ms.hal.is_available(target):
+        raise UserError(f"device_target: {target} is not available on this machine "
+                        f"(this MindSpore build has {', '.join(available_devices()) or 'none'})")
+    launched = "RANK_ID" in os.environ or "MS_WORKER_NUM" in os.environ
+    if launched or getattr(cfg, "distribute", False):
+        ms.set_device(target)  # the launcher assigns the device id
+    else:
+        ms.set_device(target, cfg.device_id)
+    ms.set_context(mode=mode)
+    ms.set_seed(cfg.seed)
+
+
+def available_devices():
+    return [d for d in ("CPU", "GPU", "Ascend") if ms.hal.is_available(d)]
