@@ -1,0 +1,71 @@
+"""Audio I/O: reading with checks, resampling, and atomic writing.
+
+Reading goes through soundfile (WAV, FLAC, OGG, and MP3 where libsndfile supports it); resampling
+through librosa (soxr). Every failure a user can cause is a UserError naming the file.
+"""
+import os
+import tempfile
+
+import numpy as np
+import soundfile as sf
+
+from src.errors import UserError
+
+
+def read_audio(path, sample_rate=None, mono=True, resample=False, dtype="float32"):
+    """Read an audio file.
+
+    Args:
+        path: the file.
+        sample_rate: the rate expected; None accepts any.
+        mono: average the channels into one.
+        resample: convert another rate to `sample_rate` instead of refusing it.
+        dtype: numpy dtype soundfile returns ('float32', or 'int16' for bit-exact PCM).
+    Returns:
+        (signal, rate): signal [T] when mono, else [channels, T].
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+    try:
+        signal, rate = sf.read(path, dtype=dtype, always_2d=True)
+    except (RuntimeError, sf.LibsndfileError, ValueError) as err:
+        raise UserError(f"{path}: not readable audio ({str(err).splitlines()[0][:120]})") from None
+    if signal.shape[0] == 0:
+        raise UserError(f"{path}: audio has no samples")
+    signal = signal.T                                       # [channels, T]
+    if mono:
+        signal = signal.mean(axis=0).astype(signal.dtype) if signal.shape[0] > 1 else signal[0]
+    if sample_rate and rate != sample_rate:
+        if not resample:
+            raise UserError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz "
+                            "(pass --resample=true to convert)")
+        signal = resample_audio(signal, rate, sample_rate)
+        rate = sample_rate
+    return signal, rate
+
+
+def resample_audio(signal, orig_rate, target_rate):
+    """Resample along the last axis with librosa (soxr, high quality). Returns float32."""
+    import librosa  # imported here: it takes a second to load and most paths never resample
+    if orig_rate == target_rate:
+        return np.asarray(signal, np.float32)
+    return librosa.resample(np.asarray(signal, np.float32), orig_sr=orig_rate,
+                            target_sr=target_rate, res_type="soxr_hq").astype(np.float32)
+
+
+def write_audio(path, signal, sample_rate, subtype=None):
+    """Write signal [T] or [channels, T] to `path` atomically (temporary file, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    signal = np.asarray(signal)
+    data = signal.T if signal.ndim == 2 else signal
+    fmt = os.path.splitext(path)[1].lstrip(".").upper() or "WAV"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        sf.write(tmp, data, sample_rate, subtype=subtype, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
