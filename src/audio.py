@@ -4,12 +4,16 @@ Reading goes through soundfile (WAV, FLAC, OGG, and MP3 where libsndfile support
 through librosa (soxr). Every failure a user can cause is a UserError naming the file.
 """
 import os
+import re
 import tempfile
 
 import numpy as np
 import soundfile as sf
 
 from src.errors import UserError
+
+# libsndfile logs "data : 32000 (should be 15978)" for a file cut short
+_HEADER_MISMATCH = re.compile(r"^\s*data\s*:.*\(should be", re.MULTILINE)
 
 
 def read_audio(path, sample_rate=None, mono=True, resample=False, dtype="float32"):
@@ -42,6 +46,24 @@ def read_audio(path, sample_rate=None, mono=True, resample=False, dtype="float32
         signal = resample_audio(signal, rate, sample_rate)
         rate = sample_rate
     return signal, rate
+
+
+def probe_audio(path):
+    """Header facts of an audio file without reading its samples: (frames, rate, subtype, channels).
+
+    Raises UserError naming the file when it is missing, unreadable, empty, or truncated.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+    try:
+        info = sf.info(path)
+    except (RuntimeError, sf.LibsndfileError, ValueError) as err:
+        raise UserError(f"{path}: not readable audio ({str(err).splitlines()[0][:120]})") from None
+    if info.frames == 0:
+        raise UserError(f"{path}: audio has no samples (zero-length file)")
+    if _HEADER_MISMATCH.search(info.extra_info or ""):
+        raise UserError(f"{path}: truncated audio file (its header announces more data than it holds)")
+    return info.frames, info.samplerate, info.subtype, info.channels
 
 
 def resample_audio(signal, orig_rate, target_rate):

@@ -1,0 +1,262 @@
+"""A small synthetic LibriMix: the real folder layout and metadata CSVs, with speech-like voices.
+
+Layout written (C = n_src, min mode, mix_clean only, 16-bit PCM WAV like LibriMix):
+```
+<root>/Libri<C>Mix/wav<k>k/min/
+    train-360/ dev/ test/        each with mix_clean/ s1/ ... s<C>/  holding <mixture_ID>.wav
+    metadata/mixture_<split>_mix_clean.csv   mixture_ID,mixture_path,source_1_path,...,length
+    metadata/metrics_<split>_mix_clean.csv   mixture_ID,source_1_SNR,...
+    demo_librimix.json           the generator's parameters (marks a finished set)
+```
+A voice is a harmonic source (all harmonics of a moving fundamental) shaped by three moving
+formants, spoken in syllables (attack and decay at 3-6 syllables per second) with unvoiced bursts
+and pauses. Each "speaker" has its own pitch range, vocal-tract length (formant scale), speaking
+rate, intonation and breathiness; the splits have disjoint speakers. Mixtures follow LibriMix: each
+utterance is scaled to a random loudness in [-33, -25] dB (RMS here, LUFS in LibriMix), the
+utterances are cut to the shortest (min mode) and summed, and all are scaled down together when
+the mixture would clip. Everything is drawn from numpy generators seeded by `seed`.
+
+Command line: python -m src.demo_data --out_dir DIR [--seed 0] [--n_src 2] [--sizes 200,30,30]
+"""
+import argparse
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+from scipy.signal import lfilter
+
+from src.audio import write_audio
+from src.errors import UserError, run_main
+
+SPLITS = ("train-360", "dev", "test")
+DEFAULT_SIZES = {"train-360": 200, "dev": 30, "test": 30}
+SPEAKERS_PER_SPLIT = {"train-360": 16, "dev": 6, "test": 6}
+MARKER = "demo_librimix.json"
+HOP = 32  # control-grid step of pitch and formants, samples
+# (F1, F2, F3) in Hz of an adult male voice, and relative formant amplitudes
+VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480],
+                   [570, 840, 2410], [660, 1720, 2410], [490, 1350, 1690], [440, 1020, 2240]],
+                  np.float64)
+FORMANT_GAINS = np.array([1.0, 0.5, 0.25])
+FORMANT_WIDTHS = np.array([90.0, 120.0, 170.0])
+
+
+class Speaker:
+    """The fixed traits of one synthetic speaker."""
+
+    def __init__(self, speaker_id, rng):
+        self.id = speaker_id
+        self.female = bool(rng.random() < 0.5)
+        self.f0 = rng.uniform(165, 255) if self.female else rng.uniform(85, 150)
+        self.tract = rng.uniform(1.08, 1.22) if self.female else rng.uniform(0.9, 1.05)
+        self.rate = rng.uniform(3.0, 6.0)                 # syllables per second
+        self.intonation = rng.uniform(0.06, 0.2)          # pitch-accent depth (fraction of f0)
+        self.breath = rng.uniform(0.02, 0.12)             # aspiration noise relative to voicing
+        self.tilt = rng.uniform(-1.6, -0.8)               # harmonic roll-off exponent
+        self.chapters = rng.integers(1000, 99999, size=2)
+
+
+def synthesize(speaker, seconds, sample_rate, rng):
+    """One utterance of `speaker`, float64 [round(seconds * sample_rate)], peak 1.
+
+    Pitch and formants are computed on a control grid of `HOP` samples and interpolated.
+    """
+    n = int(round(seconds * sample_rate))
+    t_syll, f0_knots, formant_knots, envelope, bursts = _prosody(speaker, n, sample_rate, rng)
+    ctrl = np.arange(0, n + 2 * HOP, HOP)
+    f0_c = np.exp(np.interp(ctrl, t_syll, np.log(f0_knots)))
+    f0_c *= 1.0 + 0.01 * rng.standard_normal(len(ctrl))                   # jitter
+    formants_c = np.stack([np.interp(ctrl, t_syll, formant_knots[:, i]) for i in range(3)])
+    pos, frac = np.divmod(np.arange(n), HOP)
+    frac = (frac / HOP).astype(np.float32)
+
+    def upsample(values):  # [..., len(ctrl)] -> [..., n], linear
+        return values[..., pos] * (1 - frac) + values[..., pos + 1] * frac
+
+    f0 = upsample(f0_c)
+    phase = np.mod(2 * np.pi * np.cumsum(f0) / sample_rate, 2 * np.pi).astype(np.float32)
+    harmonics = np.arange(1, int(0.47 * sample_rate / f0.min()) + 1)[:, None]       # [K, 1]
+    freq_c = harmonics * f0_c[None]                                                  # [K, m]
+    resonance = (FORMANT_GAINS[:, None, None] / (1.0 + ((freq_c[None] - formants_c[:, None]) /
+                 (FORMANT_WIDTHS[:, None, None] * speaker.tract)) ** 2)).sum(axis=0)
+    amp_c = harmonics.astype(float) ** speaker.tilt * resonance * (freq_c < 0.47 * sample_rate)
+    offsets = rng.uniform(0, 2 * np.pi, size=(len(harmonics), 1)).astype(np.float32)
+    waves = np.sin(harmonics.astype(np.float32) * phase[None] + offsets)            # [K, n]
+    voiced = (upsample(amp_c.astype(np.float32)) * waves).sum(axis=0, dtype=np.float64)
+    voiced /= np.abs(voiced).max() + 1e-9
+    aspiration = lfilter([1.0, -0.9], [1.0], rng.standard_normal(n)) * speaker.breath
+    hiss = lfilter([1.0, -1.0], [1.0], rng.standard_normal(n)) * bursts * 0.35
+    signal = (voiced + aspiration) * envelope + hiss
+    return signal / (np.abs(signal).max() + 1e-9)
+
+
+def _prosody(speaker, n, sample_rate, rng):
+    """Syllable timing: knot times, f0 and formants at the knots, amplitude envelope, burst gate."""
+    envelope, bursts = np.zeros(n), np.zeros(n)
+    times, f0s, formants = [0.0], [speaker.f0], [VOWELS[rng.integers(len(VOWELS))] * speaker.tract]
+    pos = int(rng.uniform(0.0, 0.3) * sample_rate)
+    while pos < n:
+        length = int(sample_rate / speaker.rate * rng.uniform(0.6, 1.5))
+        end = min(n, pos + length)
+        attack, decay = int(0.03 * sample_rate), int(0.07 * sample_rate)
+        shape = np.ones(end - pos)
+        shape[:attack] = np.linspace(0, 1, attack)[:end - pos]
+        tail = min(decay, end - pos)
+        shape[-tail:] *= np.linspace(1, 0, tail)
+        envelope[pos:end] = shape * rng.uniform(0.5, 1.0)
+        if rng.random() < 0.5:  # an unvoiced consonant before the vowel
+            burst = min(int(rng.uniform(0.03, 0.08) * sample_rate), end - pos)
+            bursts[pos:pos + burst] = np.hanning(burst) * rng.uniform(0.3, 1.0)
+        progress = pos / n
+        accent = 1.0 + speaker.intonation * rng.uniform(-1.0, 1.0)
+        times.append(pos + 0.5 * (end - pos))
+        f0s.append(speaker.f0 * accent * (1.1 - 0.2 * progress))   # declination over the utterance
+        formants.append(VOWELS[rng.integers(len(VOWELS))] * speaker.tract * rng.uniform(0.95, 1.05))
+        pos = end
+        if rng.random() < 0.25:  # a pause between words
+            pos += int(rng.uniform(0.1, 0.45) * sample_rate)
+    times.append(n)
+    f0s.append(speaker.f0 * 0.9)
+    formants.append(formants[-1])
+    return np.array(times), np.array(f0s), np.array(formants), envelope, bursts
+
+
+def _rms_db(x):
+    return 20 * np.log10(np.sqrt(np.mean(x ** 2)) + 1e-12)
+
+
+def _snr_db(signal, rest):
+    return float(10 * np.log10(np.sum(signal ** 2) / (np.sum(rest ** 2) + 1e-12) + 1e-12))
+
+
+def mix_sources(utterances, rng):
+    """LibriMix mixing: random loudness per utterance, cut to the shortest, clip-safe sum.
+
+    Args:
+        utterances: C float arrays of any lengths.
+    Returns:
+        (mixture [T], sources [C, T]) float64.
+    """
+    length = min(len(u) for u in utterances)
+    sources = np.stack([u[:length] * 10 ** ((rng.uniform(-33, -25) - _rms_db(u)) / 20)
+                        for u in utterances])
+    mixture = sources.sum(axis=0)
+    peak = max(np.abs(mixture).max(), np.abs(sources).max())
+    if peak >= 1.0:  # LibriMix scales everything to a peak of 0.9
+        sources *= 0.9 / peak
+        mixture = sources.sum(axis=0)
+    return mixture, sources
+
+
+def make_demo_librimix(root, seed=0, n_src=2, sample_rate=8000, sizes=None,
+                       min_seconds=2.0, max_seconds=6.0):
+    """Write a synthetic LibriMix under `root`; return its `Libri<C>Mix/wav<k>k/min` folder.
+
+    Args:
+        sizes: mixtures per split, {"train-360": 200, "dev": 30, "test": 30} by default.
+        min_seconds, max_seconds: range of the utterance durations (mixtures get the shorter).
+    A finished set with the same parameters is reused; another folder at that place is refused.
+    """
+    sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    if n_src < 1 or not 0 < min_seconds <= max_seconds or min(sizes.values()) < 1:
+        raise UserError(f"demo set: expected n_src >= 1, 0 < min_seconds <= max_seconds and at least "
+                        f"one mixture per split, got n_src={n_src}, {min_seconds}-{max_seconds} s, {sizes}")
+    params = {"seed": seed, "n_src": n_src, "sample_rate": sample_rate, "sizes": sizes,
+              "min_seconds": min_seconds, "max_seconds": max_seconds, "version": 1}
+    parent = os.path.join(os.path.abspath(root), f"Libri{n_src}Mix", f"wav{sample_rate // 1000}k")
+    final = os.path.join(parent, "min")
+    if os.path.exists(final):
+        marker = os.path.join(final, MARKER)
+        if os.path.isfile(marker):
+            with open(marker, encoding="utf-8") as f:
+                if json.load(f) == params:
+                    return final
+        raise UserError(f"{final}: exists and is not a demo set made with these parameters "
+                        "(choose another folder)")
+    tmp = os.path.join(parent, f".tmp-min-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    speakers = _speakers(seed, sizes)
+    for s, split in enumerate(sizes):
+        _write_split(tmp, final, split, sizes[split], speakers[split], n_src, sample_rate,
+                     (min_seconds, max_seconds), np.random.default_rng([seed, 1, s]))
+    with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
+        json.dump(params, f)
+    os.replace(tmp, final)
+    return final
+
+
+def _speakers(seed, sizes):
+    """Disjoint speakers per split, with LibriSpeech-like ids."""
+    rng = np.random.default_rng([seed, 0])
+    wanted = {split: SPEAKERS_PER_SPLIT.get(split, 6) for split in sizes}
+    ids = rng.choice(np.arange(100, 9000), size=sum(wanted.values()), replace=False)
+    out, used = {}, 0
+    for split, count in wanted.items():
+        out[split] = [Speaker(int(i), np.random.default_rng([seed, 2, int(i)]))
+                      for i in ids[used:used + count]]
+        used += count
+    return out
+
+
+def _write_split(tmp, final, split, count, speakers, n_src, sample_rate, seconds, rng):
+    """Synthesize and write one split; CSV paths name the final folder, as LibriMix's do."""
+    if len(speakers) < n_src:
+        raise UserError(f"demo set: split {split} has {len(speakers)} speakers, fewer than n_src")
+    streams = ["mix_clean"] + [f"s{i + 1}" for i in range(n_src)]
+    mixture_rows, metric_rows, next_utt = [], [], {}
+    for _ in range(count):
+        chosen = rng.choice(len(speakers), size=n_src, replace=False)
+        utterances, names = [], []
+        for j in chosen:
+            spk = speakers[j]
+            next_utt[spk.id] = next_utt.get(spk.id, -1) + 1
+            chapter = spk.chapters[next_utt[spk.id] % len(spk.chapters)]
+            names.append(f"{spk.id}-{chapter}-{next_utt[spk.id]:04d}")
+            utterances.append(synthesize(spk, rng.uniform(*seconds), sample_rate, rng))
+        mixture, sources = mix_sources(utterances, rng)
+        mixture_id = "_".join(names)
+        for stream, signal in zip(streams, [mixture, *sources]):
+            write_audio(os.path.join(tmp, split, stream, f"{mixture_id}.wav"), signal.astype(np.float32),
+                        sample_rate, subtype="PCM_16")
+        mixture_rows.append([mixture_id] + [os.path.join(final, split, s, f"{mixture_id}.wav")
+                                            for s in streams] + [mixture.shape[0]])
+        metric_rows.append([mixture_id] + [_snr_db(src, mixture - src) for src in sources])
+    source_cols = [f"source_{i + 1}" for i in range(n_src)]
+    _write_csv(os.path.join(tmp, "metadata", f"mixture_{split}_mix_clean.csv"),
+               ["mixture_ID", "mixture_path"] + [f"{c}_path" for c in source_cols] + ["length"],
+               mixture_rows)
+    _write_csv(os.path.join(tmp, "metadata", f"metrics_{split}_mix_clean.csv"),
+               ["mixture_ID"] + [f"{c}_SNR" for c in source_cols], metric_rows)
+
+
+def _write_csv(path, header, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write a small synthetic LibriMix (demo and tests).")
+    parser.add_argument("--out_dir", required=True, help="root folder; Libri<C>Mix/ is made in it")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n_src", type=int, default=2)
+    parser.add_argument("--sample_rate", type=int, default=8000)
+    parser.add_argument("--sizes", default="200,30,30", help="mixtures in train-360,dev,test")
+    parser.add_argument("--min_seconds", type=float, default=2.0)
+    parser.add_argument("--max_seconds", type=float, default=6.0)
+    args = parser.parse_args(argv)
+    try:
+        sizes = dict(zip(SPLITS, (int(v) for v in args.sizes.split(",")), strict=True))
+    except ValueError:
+        raise UserError(f"--sizes: expected three integers like 200,30,30, got {args.sizes!r}") from None
+    path = make_demo_librimix(args.out_dir, args.seed, args.n_src, args.sample_rate, sizes,
+                              args.min_seconds, args.max_seconds)
+    print(path)
+
+
+if __name__ == "__main__":
+    run_main(main)

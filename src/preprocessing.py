@@ -1,0 +1,223 @@
+"""preprocess.py's work: LibriMix split folders -> JSON lists (+ MindRecord) under out_dir.
+
+Per split: pair the files by mixture_ID, check every mixture in worker processes (pass 1, headers
+only), then, for MindRecord, read the samples in worker processes and write them in mixture order
+(pass 2). The split is built in `<out_dir>/.tmp-<split>` and renamed to `<out_dir>/<split>` when it
+is complete; `info.json`, written last, marks it finished. Output layout: see src/librimix.py.
+
+A finished split is never replaced without `overwrite`: re-running over finished output is refused,
+a run that was interrupted resumes with the splits it had not finished, and a folder that
+preprocess.py did not write is never replaced or deleted.
+"""
+import multiprocessing
+import os
+import shutil
+
+import numpy as np
+from tqdm import tqdm
+
+from src.errors import UserError
+from src.librimix import (FORMAT_VERSION, INFO_FILE, check_mixture, find_split_root, list_mixtures,
+                          read_info, read_mixture, stream_names, write_json)
+from src.mindrecord_io import SplitWriter, read_order
+
+BLOCK = 256  # mixtures handed to the workers at a time (bounds the memory of pass 2)
+
+
+def _check_task(task):
+    paths, sample_rate, resample, csv_length = task
+    try:
+        return check_mixture(paths, sample_rate, resample, csv_length), None
+    except UserError as err:
+        return None, str(err)
+
+
+def _read_task(task):
+    paths, sample_rate, resample, encoding = task
+    try:
+        return read_mixture(paths, sample_rate, resample, encoding), None
+    except UserError as err:
+        return None, str(err)
+
+
+def _settings(cfg, root):
+    return {"source_dir": root, "sample_rate": cfg.sample_rate, "n_src": cfg.n_src,
+            "mix_type": cfg.mix_type, "resample": bool(cfg.resample)}
+
+
+def _check_config(cfg):
+    if not cfg.splits:
+        raise UserError("splits: expected at least one LibriMix split name, e.g. [train-360,dev,test]")
+    if len(set(cfg.splits)) != len(cfg.splits):
+        raise UserError(f"splits: names repeat in {cfg.splits}")
+    for split in cfg.splits:
+        if not isinstance(split, str) or not split or os.sep in split or split.startswith("."):
+            raise UserError(f"splits: {split!r} is not a split folder name")
+    for key, low, high in (("n_src", 1, 10), ("mindrecord_shards", 1, 1000),
+                           ("preprocess_workers", 1, 256), ("sample_rate", 1000, 192000)):
+        value = getattr(cfg, key)
+        if not low <= value <= high:
+            raise UserError(f"{key}: expected {low} .. {high}, got {value}")
+
+
+def plan_splits(cfg, root, formats):
+    """The splits to (re)write; UserError for finished or foreign output that may not be replaced."""
+    todo = []
+    for split in cfg.splits:
+        final = os.path.join(cfg.out_dir, split)
+        if not os.path.exists(final):
+            todo.append(split)
+            continue
+        info = read_info(final)
+        if info is None:
+            raise UserError(f"{final}: exists and was not written by preprocess.py (no {INFO_FILE}); "
+                            "choose another out_dir")
+        same = {k: info.get(k) for k in _settings(cfg, root)} == _settings(cfg, root)
+        if cfg.overwrite or (same and not set(formats) <= set(info.get("formats", []))):
+            todo.append(split)
+        elif not same:
+            raise UserError(f"{final}: already preprocessed with other settings "
+                            f"(pass --overwrite=true to replace it)")
+    if not todo:
+        raise UserError(f"{cfg.out_dir}: splits {list(cfg.splits)} are already preprocessed "
+                        "(pass --overwrite=true to redo them)")
+    return todo
+
+
+def preprocess(cfg, log=print):
+    """Convert the splits `cfg.splits` of the LibriMix at `cfg.in_dir` into `cfg.out_dir`.
+
+    Returns:
+        {split: info dict} for the splits written by this call.
+    """
+    _check_config(cfg)
+    formats = ["json"] + (["mindrecord"] if cfg.data_format == "mindrecord" else [])
+    root = find_split_root(cfg.in_dir, cfg.splits, cfg.n_src, cfg.mix_type, cfg.sample_rate,
+                           allow_other_rate=cfg.resample)
+    todo = plan_splits(cfg, root, formats)
+    done = [s for s in cfg.splits if s not in todo]
+    if done:
+        log(f"already finished, kept: {', '.join(done)}")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    workers = cfg.preprocess_workers
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        results = {}
+        for split in todo:
+            results[split] = _preprocess_split(cfg, root, split, formats, pool, log)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    _print_summary(results, cfg.out_dir, log)
+    return results
+
+
+def _imap(pool, func, tasks, desc):
+    bar = tqdm(total=len(tasks), desc=desc, unit="mix", leave=False)
+    try:
+        for start in range(0, len(tasks), BLOCK):
+            block = tasks[start:start + BLOCK]
+            chunk = max(1, len(block) // 32)
+            for result in (pool.imap(func, block, chunk) if pool else map(func, block)):
+                bar.update(1)
+                yield result
+    finally:
+        bar.close()
+
+
+def _preprocess_split(cfg, root, split, formats, pool, log):
+    ids, paths, csv_lengths = list_mixtures(root, split, cfg.n_src, cfg.mix_type)
+    streams = stream_names(cfg.n_src)
+    files = [[paths[s][i] for s in streams] for i in range(len(ids))]
+    tasks = [(files[i], cfg.sample_rate, cfg.resample, csv_lengths[i] if csv_lengths else None)
+             for i in range(len(ids))]
+    good, lengths, pcm16, bad = [], [], True, []
+    for i, (result, error) in enumerate(_imap(pool, _check_task, tasks, f"{split}: checking")):
+        if error:
+            _bad(cfg, bad, error)
+            continue
+        good.append(i)
+        lengths.append(result[0])
+        pcm16 = pcm16 and result[1]
+    encoding = "int16" if pcm16 else "float32"
+
+    tmp = os.path.join(cfg.out_dir, f".tmp-{split}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+    os.makedirs(tmp)
+    info = {"format_version": FORMAT_VERSION, "split": split, **_settings(cfg, root),
+            "formats": formats, "encoding": encoding}
+    if "mindrecord" in formats:
+        good, lengths, files_written, order = _write_mindrecord(
+            cfg, split, tmp, ids, files, good, lengths, encoding, bad, pool)
+        info.update(mindrecord_files=files_written, mindrecord_order=order)
+    if not good:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{os.path.join(root, split)}: no usable mixture in split '{split}'")
+    lengths = np.asarray(lengths, np.int64)
+    write_json(os.path.join(tmp, "ids.json"), [ids[i] for i in good])
+    for j, name in enumerate(streams):
+        write_json(os.path.join(tmp, f"{name}.json"),
+                   [[files[i][j], int(n)] for i, n in zip(good, lengths)])
+    with open(os.path.join(tmp, "skipped.txt"), "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in bad)
+    info.update(mixtures=len(good), skipped=len(bad),
+                hours=float(lengths.sum() / cfg.sample_rate / 3600),
+                min_seconds=float(lengths.min() / cfg.sample_rate),
+                max_seconds=float(lengths.max() / cfg.sample_rate), skipped_list=bad[:20])
+    write_json(os.path.join(tmp, INFO_FILE), info)
+    _move_into_place(tmp, os.path.join(cfg.out_dir, split))
+    return info
+
+
+def _bad(cfg, bad, error):
+    if not cfg.skip_bad:
+        raise UserError(f"{error} (pass --skip_bad=true to leave such mixtures out)")
+    bad.append(error)
+
+
+def _write_mindrecord(cfg, split, tmp, ids, files, good, lengths, encoding, bad, pool):
+    """Pass 2: samples of the good mixtures into `<tmp>/<split>.mindrecord*`, in mixture order."""
+    row_bytes = np.asarray(lengths, np.int64) * (1 + cfg.n_src) * (2 if encoding == "int16" else 4)
+    writer = SplitWriter(tmp, f"{split}.mindrecord", cfg.mindrecord_shards, encoding,
+                         int(row_bytes.max()), int(row_bytes.sum()))
+    tasks = [(files[i], cfg.sample_rate, cfg.resample, encoding) for i in good]
+    kept, kept_lengths = [], []
+    for i, (result, error) in zip(good, _imap(pool, _read_task, tasks, f"{split}: writing")):
+        if error:
+            _bad(cfg, bad, error)
+            continue
+        mixture, sources = result
+        writer.add(ids[i], mixture, sources)
+        kept.append(i)
+        kept_lengths.append(mixture.shape[0])
+    if not kept:
+        return kept, kept_lengths, [], []
+    writer.commit()
+    written = [os.path.join(tmp, f) for f in writer.files]
+    return kept, kept_lengths, writer.files, read_order(written, [ids[i] for i in kept])
+
+
+def _move_into_place(tmp, final):
+    """Rename the finished folder `tmp` to `final`, replacing an earlier output of ours."""
+    if os.path.exists(final):
+        old = os.path.join(os.path.dirname(final), ".old-" + os.path.basename(final))
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _print_summary(results, out_dir, log):
+    log("split        mixtures    hours   min s   max s  skipped")
+    for split, info in results.items():
+        log(f"{split:<12} {info['mixtures']:>8} {info['hours']:>8.2f} {info['min_seconds']:>7.2f} "
+            f"{info['max_seconds']:>7.2f} {info['skipped']:>8}")
+        for line in info["skipped_list"]:
+            log(f"  skipped: {line}")
+        if info["skipped"] > len(info["skipped_list"]):
+            log(f"  ... {info['skipped'] - len(info['skipped_list'])} more")
+        if info["skipped"]:
+            log(f"  list of skipped mixtures: {os.path.join(out_dir, split, 'skipped.txt')}")
