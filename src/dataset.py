@@ -16,6 +16,10 @@ disjoint share of every epoch (padded by repeats to equal shares, so every rank 
 number of steps). Batches are full (the remainder of an epoch's shuffled order waits for a later
 epoch).
 
+The shuffling follows mindspore.dataset's global seed, which create_train_dataset sets to cfg.seed.
+With `dynamic_mixing` the training examples are made on the fly instead (src/dynamic_mixing.py);
+with `swap_sources` the sources of each stored mixture come in a random order.
+
 Evaluation: whole utterances, one per batch, in the order of the ids returned.
 """
 import zlib
@@ -24,6 +28,7 @@ import numpy as np
 import mindspore.dataset as ds
 
 from src.audio import read_audio
+from src.dynamic_mixing import SourceOrderSwap, create_dynamic_mixing_dataset
 from src.errors import UserError
 from src.librimix import load_split, stream_names
 from src.mindrecord_io import COLUMNS, decode
@@ -44,6 +49,8 @@ def create_train_dataset(cfg, rank_id=0, rank_size=1):
         raise UserError(f"batch_size: expected a positive integer, got {cfg.batch_size}")
     if not 0 <= rank_id < rank_size:
         raise UserError(f"rank {rank_id} of {rank_size}: expected 0 <= rank < rank_size")
+    if cfg.dynamic_mixing:
+        return create_dynamic_mixing_dataset(cfg, rank_id, rank_size)
     split = load_split(cfg.data_dir, cfg.train_name, cfg.n_src, cfg.sample_rate)
     keep = np.ones(len(split.ids), bool)
     if cfg.short_policy == "drop":
@@ -60,6 +67,8 @@ def create_train_dataset(cfg, rank_id=0, rank_size=1):
         sampler.add_child(ds.SubsetSampler(rows.tolist()))
     data = _rows_dataset(split, cfg, sampler)
     batcher = _Batcher(split.info["encoding"], cfg.n_src, segment, cfg.seed)
+    if cfg.swap_sources:
+        batcher = SourceOrderSwap(batcher, cfg.seed)
     return data.batch(cfg.batch_size, drop_remainder=True, per_batch_map=batcher,
                       input_columns=COLUMNS, output_columns=["mixture", "sources", "lengths"],
                       num_parallel_workers=max(1, cfg.dataset_workers))

@@ -25,7 +25,6 @@ import os
 import shutil
 
 import numpy as np
-from scipy.signal import lfilter
 
 from src.audio import write_audio
 from src.errors import UserError, run_main
@@ -41,6 +40,7 @@ VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530,
                   np.float64)
 FORMANT_GAINS = np.array([1.0, 0.5, 0.25])
 FORMANT_WIDTHS = np.array([90.0, 120.0, 170.0])
+SPECTRAL_FLOOR = 0.02  # between formants, relative to the first formant's peak
 
 
 class Speaker:
@@ -52,8 +52,8 @@ class Speaker:
         self.f0 = rng.uniform(165, 255) if self.female else rng.uniform(85, 150)
         self.tract = rng.uniform(1.08, 1.22) if self.female else rng.uniform(0.9, 1.05)
         self.rate = rng.uniform(3.0, 6.0)                 # syllables per second
-        self.intonation = rng.uniform(0.06, 0.2)          # pitch-accent depth (fraction of f0)
-        self.breath = rng.uniform(0.02, 0.12)             # aspiration noise relative to voicing
+        self.intonation = rng.uniform(0.1, 0.3)           # pitch-accent depth (fraction of f0)
+        self.breath = rng.uniform(0.005, 0.03)            # aspiration noise relative to voicing
         self.tilt = rng.uniform(-1.6, -0.8)               # harmonic roll-off exponent
         self.chapters = rng.integers(1000, 99999, size=2)
 
@@ -80,14 +80,14 @@ def synthesize(speaker, seconds, sample_rate, rng):
     harmonics = np.arange(1, int(0.47 * sample_rate / f0.min()) + 1)[:, None]       # [K, 1]
     freq_c = harmonics * f0_c[None]                                                  # [K, m]
     resonance = (FORMANT_GAINS[:, None, None] / (1.0 + ((freq_c[None] - formants_c[:, None]) /
-                 (FORMANT_WIDTHS[:, None, None] * speaker.tract)) ** 2)).sum(axis=0)
+                 (FORMANT_WIDTHS[:, None, None] * speaker.tract)) ** 2)).sum(axis=0) + SPECTRAL_FLOOR
     amp_c = harmonics.astype(float) ** speaker.tilt * resonance * (freq_c < 0.47 * sample_rate)
     offsets = rng.uniform(0, 2 * np.pi, size=(len(harmonics), 1)).astype(np.float32)
     waves = np.sin(harmonics.astype(np.float32) * phase[None] + offsets)            # [K, n]
     voiced = (upsample(amp_c.astype(np.float32)) * waves).sum(axis=0, dtype=np.float64)
     voiced /= np.abs(voiced).max() + 1e-9
-    aspiration = lfilter([1.0, -0.9], [1.0], rng.standard_normal(n)) * speaker.breath
-    hiss = lfilter([1.0, -1.0], [1.0], rng.standard_normal(n)) * bursts * 0.35
+    aspiration = np.convolve(rng.standard_normal(n), [1.0, -0.9])[:n] * speaker.breath  # tilted up
+    hiss = np.convolve(rng.standard_normal(n), [1.0, -1.0])[:n] * bursts * 0.35          # high-pass
     signal = (voiced + aspiration) * envelope + hiss
     return signal / (np.abs(signal).max() + 1e-9)
 
@@ -100,12 +100,9 @@ def _prosody(speaker, n, sample_rate, rng):
     while pos < n:
         length = int(sample_rate / speaker.rate * rng.uniform(0.6, 1.5))
         end = min(n, pos + length)
-        attack, decay = int(0.03 * sample_rate), int(0.07 * sample_rate)
-        shape = np.ones(end - pos)
-        shape[:attack] = np.linspace(0, 1, attack)[:end - pos]
-        tail = min(decay, end - pos)
-        shape[-tail:] *= np.linspace(1, 0, tail)
-        envelope[pos:end] = shape * rng.uniform(0.5, 1.0)
+        rise = np.linspace(0, 1, end - pos, endpoint=False)
+        shape = np.sin(np.pi * rise) ** 0.5 * (1.0 - 0.5 * rise)   # fast attack, decaying nucleus
+        envelope[pos:end] = shape * rng.uniform(0.4, 1.0)
         if rng.random() < 0.5:  # an unvoiced consonant before the vowel
             burst = min(int(rng.uniform(0.03, 0.08) * sample_rate), end - pos)
             bursts[pos:pos + burst] = np.hanning(burst) * rng.uniform(0.3, 1.0)

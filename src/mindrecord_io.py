@@ -21,6 +21,7 @@ SCHEMA = {
     "sources": {"type": "bytes"},
 }
 COLUMNS = ["mixture_id", "mixture", "sources"]
+ROWS_PER_WRITE = 64  # rows handed to FileWriter per call (FileWriter spreads each call over the shards)
 _DTYPES = {"int16": np.int16, "float32": np.float32}
 
 
@@ -47,13 +48,13 @@ def page_and_header_size(max_row_bytes, total_bytes, shards):
 class SplitWriter:
     """Writes the rows of one split into `<folder>/<name>` (+ shard suffixes) with FileWriter.
 
-    Rows are buffered and written in blocks of `block` rows, so memory stays bounded.
+    Rows are buffered and written ROWS_PER_WRITE at a time, so memory stays bounded.
     Args:
         max_row_bytes, total_bytes: the largest row and the sum of all rows (samples only), to
             size the pages.
     """
 
-    def __init__(self, folder, name, shards, encoding, max_row_bytes, total_bytes, block=64):
+    def __init__(self, folder, name, shards, encoding, max_row_bytes, total_bytes):
         from mindspore.mindrecord import FileWriter  # loaded only when MindRecord is written
         self.files = mindrecord_file_names(name, shards)
         self.encoding = encoding
@@ -63,7 +64,6 @@ class SplitWriter:
         self._writer.set_header_size(header)
         self._writer.add_schema(SCHEMA, "librimix mixture and its sources")
         self._writer.add_index(["mixture_id"])
-        self._block = block
         self._rows = []
 
     def add(self, mixture_id, mixture, sources):
@@ -75,7 +75,7 @@ class SplitWriter:
             "mixture": np.ascontiguousarray(mixture, dtype).tobytes(),
             "sources": np.ascontiguousarray(sources, dtype).tobytes(),
         })
-        if len(self._rows) >= self._block:
+        if len(self._rows) >= ROWS_PER_WRITE:
             self._flush()
 
     def _flush(self):

@@ -128,8 +128,7 @@ def _imap(pool, func, tasks, desc):
 
 def _preprocess_split(cfg, root, split, formats, pool, log):
     ids, paths, csv_lengths = list_mixtures(root, split, cfg.n_src, cfg.mix_type)
-    streams = stream_names(cfg.n_src)
-    files = [[paths[s][i] for s in streams] for i in range(len(ids))]
+    files = [[paths[s][i] for s in stream_names(cfg.n_src)] for i in range(len(ids))]
     tasks = [(files[i], cfg.sample_rate, cfg.resample, csv_lengths[i] if csv_lengths else None)
              for i in range(len(ids))]
     good, lengths, pcm16, bad = [], [], True, []
@@ -140,23 +139,35 @@ def _preprocess_split(cfg, root, split, formats, pool, log):
         good.append(i)
         lengths.append(result[0])
         pcm16 = pcm16 and result[1]
+    if not good:
+        raise UserError(f"{os.path.join(root, split)}: no usable mixture in split '{split}'")
     encoding = "int16" if pcm16 else "float32"
-
     tmp = os.path.join(cfg.out_dir, f".tmp-{split}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a run that was killed
     os.makedirs(tmp)
+    try:
+        info = _write_split(cfg, root, split, formats, pool, tmp, ids, files, good, lengths,
+                            encoding, bad)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _move_into_place(tmp, os.path.join(cfg.out_dir, split))
+    return info
+
+
+def _write_split(cfg, root, split, formats, pool, tmp, ids, files, good, lengths, encoding, bad):
+    """Everything of one split into the folder `tmp`, info.json last. Returns the info."""
     info = {"format_version": FORMAT_VERSION, "split": split, **_settings(cfg, root),
             "formats": formats, "encoding": encoding}
     if "mindrecord" in formats:
         good, lengths, files_written, order = _write_mindrecord(
             cfg, split, tmp, ids, files, good, lengths, encoding, bad, pool)
+        if not good:
+            raise UserError(f"{os.path.join(root, split)}: no usable mixture in split '{split}'")
         info.update(mindrecord_files=files_written, mindrecord_order=order)
-    if not good:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{os.path.join(root, split)}: no usable mixture in split '{split}'")
     lengths = np.asarray(lengths, np.int64)
     write_json(os.path.join(tmp, "ids.json"), [ids[i] for i in good])
-    for j, name in enumerate(streams):
+    for j, name in enumerate(stream_names(cfg.n_src)):
         write_json(os.path.join(tmp, f"{name}.json"),
                    [[files[i][j], int(n)] for i, n in zip(good, lengths)])
     with open(os.path.join(tmp, "skipped.txt"), "w", encoding="utf-8") as f:
@@ -166,7 +177,6 @@ def _preprocess_split(cfg, root, split, formats, pool, log):
                 min_seconds=float(lengths.min() / cfg.sample_rate),
                 max_seconds=float(lengths.max() / cfg.sample_rate), skipped_list=bad[:20])
     write_json(os.path.join(tmp, INFO_FILE), info)
-    _move_into_place(tmp, os.path.join(cfg.out_dir, split))
     return info
 
 
