@@ -22,6 +22,7 @@ with `swap_sources` the sources of each stored mixture come in a random order.
 
 Evaluation: whole utterances, one per batch, in the order of the ids returned.
 """
+import os
 import zlib
 
 import numpy as np
@@ -71,7 +72,7 @@ def create_train_dataset(cfg, rank_id=0, rank_size=1):
         batcher = SourceOrderSwap(batcher, cfg.seed)
     return data.batch(cfg.batch_size, drop_remainder=True, per_batch_map=batcher,
                       input_columns=COLUMNS, output_columns=["mixture", "sources", "lengths"],
-                      num_parallel_workers=max(1, cfg.dataset_workers))
+                      num_parallel_workers=_workers(cfg))
 
 
 def create_eval_dataset(cfg, split, max_seconds=0.0):
@@ -98,6 +99,11 @@ def create_eval_dataset(cfg, split, max_seconds=0.0):
     return data, [index.ids[i] for i in chosen]
 
 
+def _workers(cfg):
+    """dataset_workers, within what mindspore.dataset accepts (1 .. number of CPUs)."""
+    return max(1, min(cfg.dataset_workers, os.cpu_count() or 1))
+
+
 def _row_positions(split, data_format, chosen):
     """Sampler indices of the mixtures at positions `chosen` of split.ids, in that order."""
     if data_format != "mindrecord":
@@ -109,7 +115,7 @@ def _row_positions(split, data_format, chosen):
 
 def _rows_dataset(split, cfg, sampler):
     """Unbatched rows: mixture_id, mixture (raw), sources (raw), in sampler order."""
-    workers = max(1, cfg.dataset_workers)
+    workers = _workers(cfg)
     if cfg.data_format == "mindrecord":
         if not split.mindrecord_files:
             raise UserError(f"{split.split_dir}: has no MindRecord (preprocessed with "
