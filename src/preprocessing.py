@@ -24,18 +24,11 @@ from src.mindrecord_io import SplitWriter, read_order
 BLOCK = 256  # mixtures handed to the workers at a time (bounds the memory of pass 2)
 
 
-def _check_task(task):
-    paths, sample_rate, resample, csv_length = task
+def _guarded(task):
+    """Run `func(*args)` of task (func, args) in a worker: (result, None) or (None, error text)."""
+    func, args = task
     try:
-        return check_mixture(paths, sample_rate, resample, csv_length), None
-    except UserError as err:
-        return None, str(err)
-
-
-def _read_task(task):
-    paths, sample_rate, resample, encoding = task
-    try:
-        return read_mixture(paths, sample_rate, resample, encoding), None
+        return func(*args), None
     except UserError as err:
         return None, str(err)
 
@@ -104,7 +97,7 @@ def preprocess(cfg, log=print):
     try:
         results = {}
         for split in todo:
-            results[split] = _preprocess_split(cfg, root, split, formats, pool, log)
+            results[split] = _SplitJob(cfg, root, split, formats, pool).run()
     finally:
         if pool is not None:
             pool.terminate()
@@ -113,99 +106,113 @@ def preprocess(cfg, log=print):
     return results
 
 
-def _imap(pool, func, tasks, desc):
+def _imap(pool, tasks, desc):
+    """Results of `_guarded(task)` in task order, BLOCK tasks at a time, with a progress bar."""
     bar = tqdm(total=len(tasks), desc=desc, unit="mix", leave=False)
     try:
         for start in range(0, len(tasks), BLOCK):
             block = tasks[start:start + BLOCK]
             chunk = max(1, len(block) // 32)
-            for result in (pool.imap(func, block, chunk) if pool else map(func, block)):
+            for result in (pool.imap(_guarded, block, chunk) if pool else map(_guarded, block)):
                 bar.update(1)
                 yield result
     finally:
         bar.close()
 
 
-def _preprocess_split(cfg, root, split, formats, pool, log):
-    ids, paths, csv_lengths = list_mixtures(root, split, cfg.n_src, cfg.mix_type)
-    files = [[paths[s][i] for s in stream_names(cfg.n_src)] for i in range(len(ids))]
-    tasks = [(files[i], cfg.sample_rate, cfg.resample, csv_lengths[i] if csv_lengths else None)
-             for i in range(len(ids))]
-    good, lengths, pcm16, bad = [], [], True, []
-    for i, (result, error) in enumerate(_imap(pool, _check_task, tasks, f"{split}: checking")):
-        if error:
-            _bad(cfg, bad, error)
-            continue
-        good.append(i)
-        lengths.append(result[0])
-        pcm16 = pcm16 and result[1]
-    if not good:
-        raise UserError(f"{os.path.join(root, split)}: no usable mixture in split '{split}'")
-    encoding = "int16" if pcm16 else "float32"
-    tmp = os.path.join(cfg.out_dir, f".tmp-{split}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a run that was killed
-    os.makedirs(tmp)
-    try:
-        info = _write_split(cfg, root, split, formats, pool, tmp, ids, files, good, lengths,
-                            encoding, bad)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _move_into_place(tmp, os.path.join(cfg.out_dir, split))
-    return info
+class _SplitJob:
+    """One split: pass 1 (check), then the output folder built under a temporary name."""
 
+    def __init__(self, cfg, root, split, formats, pool):
+        self.cfg, self.root, self.split, self.formats, self.pool = cfg, root, split, formats, pool
+        self.ids, paths, self.csv_lengths = list_mixtures(root, split, cfg.n_src, cfg.mix_type)
+        self.files = [[paths[s][i] for s in stream_names(cfg.n_src)] for i in range(len(self.ids))]
+        self.good, self.lengths, self.bad = [], [], []   # positions in ids, their lengths, errors
 
-def _write_split(cfg, root, split, formats, pool, tmp, ids, files, good, lengths, encoding, bad):
-    """Everything of one split into the folder `tmp`, info.json last. Returns the info."""
-    info = {"format_version": FORMAT_VERSION, "split": split, **_settings(cfg, root),
-            "formats": formats, "encoding": encoding}
-    if "mindrecord" in formats:
-        good, lengths, files_written, order = _write_mindrecord(
-            cfg, split, tmp, ids, files, good, lengths, encoding, bad, pool)
-        if not good:
-            raise UserError(f"{os.path.join(root, split)}: no usable mixture in split '{split}'")
-        info.update(mindrecord_files=files_written, mindrecord_order=order)
-    lengths = np.asarray(lengths, np.int64)
-    write_json(os.path.join(tmp, "ids.json"), [ids[i] for i in good])
-    for j, name in enumerate(stream_names(cfg.n_src)):
-        write_json(os.path.join(tmp, f"{name}.json"),
-                   [[files[i][j], int(n)] for i, n in zip(good, lengths)])
-    with open(os.path.join(tmp, "skipped.txt"), "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in bad)
-    info.update(mixtures=len(good), skipped=len(bad),
-                hours=float(lengths.sum() / cfg.sample_rate / 3600),
-                min_seconds=float(lengths.min() / cfg.sample_rate),
-                max_seconds=float(lengths.max() / cfg.sample_rate), skipped_list=bad[:20])
-    write_json(os.path.join(tmp, INFO_FILE), info)
-    return info
+    def run(self):
+        self.check()
+        tmp = os.path.join(self.cfg.out_dir, f".tmp-{self.split}")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run that was killed
+        os.makedirs(tmp)
+        try:
+            info = self.write(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _move_into_place(tmp, os.path.join(self.cfg.out_dir, self.split))
+        return info
 
+    def _failed(self, error):
+        if not self.cfg.skip_bad:
+            raise UserError(f"{error} (pass --skip_bad=true to leave such mixtures out)")
+        self.bad.append(error)
 
-def _bad(cfg, bad, error):
-    if not cfg.skip_bad:
-        raise UserError(f"{error} (pass --skip_bad=true to leave such mixtures out)")
-    bad.append(error)
+    def _require_some(self):
+        if not self.good:
+            raise UserError(f"{os.path.join(self.root, self.split)}: no usable mixture in split "
+                            f"'{self.split}'")
 
+    def check(self):
+        """Pass 1: headers of every file; sets good, lengths, bad and the sample encoding."""
+        cfg = self.cfg
+        tasks = [(check_mixture, (files, cfg.sample_rate, cfg.resample,
+                                  self.csv_lengths[i] if self.csv_lengths else None))
+                 for i, files in enumerate(self.files)]
+        pcm16 = True
+        for i, (result, error) in enumerate(_imap(self.pool, tasks, f"{self.split}: checking")):
+            if error:
+                self._failed(error)
+                continue
+            self.good.append(i)
+            self.lengths.append(result[0])
+            pcm16 = pcm16 and result[1]
+        self._require_some()
+        self.encoding = "int16" if pcm16 else "float32"
 
-def _write_mindrecord(cfg, split, tmp, ids, files, good, lengths, encoding, bad, pool):
-    """Pass 2: samples of the good mixtures into `<tmp>/<split>.mindrecord*`, in mixture order."""
-    row_bytes = np.asarray(lengths, np.int64) * (1 + cfg.n_src) * (2 if encoding == "int16" else 4)
-    writer = SplitWriter(tmp, f"{split}.mindrecord", cfg.mindrecord_shards, encoding,
-                         int(row_bytes.max()), int(row_bytes.sum()))
-    tasks = [(files[i], cfg.sample_rate, cfg.resample, encoding) for i in good]
-    kept, kept_lengths = [], []
-    for i, (result, error) in zip(good, _imap(pool, _read_task, tasks, f"{split}: writing")):
-        if error:
-            _bad(cfg, bad, error)
-            continue
-        mixture, sources = result
-        writer.add(ids[i], mixture, sources)
-        kept.append(i)
-        kept_lengths.append(mixture.shape[0])
-    if not kept:
-        return kept, kept_lengths, [], []
-    writer.commit()
-    written = [os.path.join(tmp, f) for f in writer.files]
-    return kept, kept_lengths, writer.files, read_order(written, [ids[i] for i in kept])
+    def write(self, tmp):
+        """Everything of the split into the folder `tmp`, info.json last. Returns the info."""
+        cfg = self.cfg
+        info = {"format_version": FORMAT_VERSION, "split": self.split, **_settings(cfg, self.root),
+                "formats": self.formats, "encoding": self.encoding}
+        if "mindrecord" in self.formats:
+            info.update(self.write_mindrecord(tmp))
+        lengths = np.asarray(self.lengths, np.int64)
+        write_json(os.path.join(tmp, "ids.json"), [self.ids[i] for i in self.good])
+        for j, name in enumerate(stream_names(cfg.n_src)):
+            write_json(os.path.join(tmp, f"{name}.json"),
+                       [[self.files[i][j], int(n)] for i, n in zip(self.good, lengths)])
+        with open(os.path.join(tmp, "skipped.txt"), "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in self.bad)
+        info.update(mixtures=len(self.good), skipped=len(self.bad),
+                    hours=float(lengths.sum() / cfg.sample_rate / 3600),
+                    min_seconds=float(lengths.min() / cfg.sample_rate),
+                    max_seconds=float(lengths.max() / cfg.sample_rate), skipped_list=self.bad[:20])
+        write_json(os.path.join(tmp, INFO_FILE), info)
+        return info
+
+    def write_mindrecord(self, tmp):
+        """Pass 2: samples into `<tmp>/<split>.mindrecord*` in mixture order; returns info entries."""
+        cfg = self.cfg
+        itemsize = 2 if self.encoding == "int16" else 4
+        row_bytes = np.asarray(self.lengths, np.int64) * (1 + cfg.n_src) * itemsize
+        writer = SplitWriter(tmp, f"{self.split}.mindrecord", cfg.mindrecord_shards, self.encoding,
+                             int(row_bytes.max()), int(row_bytes.sum()))
+        tasks = [(read_mixture, (self.files[i], cfg.sample_rate, cfg.resample, self.encoding))
+                 for i in self.good]
+        kept, kept_lengths = [], []
+        for i, (result, error) in zip(self.good, _imap(self.pool, tasks, f"{self.split}: writing")):
+            if error:
+                self._failed(error)
+                continue
+            mixture, sources = result
+            writer.add(self.ids[i], mixture, sources)
+            kept.append(i)
+            kept_lengths.append(mixture.shape[0])
+        self.good, self.lengths = kept, kept_lengths
+        self._require_some()
+        writer.commit()
+        order = read_order([os.path.join(tmp, f) for f in writer.files], [self.ids[i] for i in kept])
+        return {"mindrecord_files": writer.files, "mindrecord_order": order}
 
 
 def _move_into_place(tmp, final):
