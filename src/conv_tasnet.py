@@ -146,8 +146,7 @@ class TemporalConvNet(nn.Cell):
                 skip_sum = skip_sum + skip
         y = skip_sum if self.use_skip else x
         scores = self.mask_conv(self.mask_prelu(y))
-        batch, frames = w.shape[0], w.shape[-1]
-        scores = scores.reshape(batch, self.C, self.N, frames)
+        scores = scores.reshape(w.shape[0], self.C, self.N, -1)
         return self.mask_act(scores)
 
 
@@ -201,21 +200,28 @@ class ConvTasNet(nn.Cell):
     def num_frames(self, length):
         """Encoder frames K for an input of `length` samples."""
         padded = length + self.front_pad + self.edge_pad
-        return max(0, -(-(padded - self.L) // self.stride)) + 1
+        # max(1, ceil((padded - L) / stride) + 1) with L = 2 * stride, written as integer
+        # arithmetic: with a dynamic time axis (set_inputs, or a MINDIR exported with
+        # input_length 0) max() falls back to the Python interpreter and an `if` becomes a
+        # switch that a reloaded MINDIR cannot run twice.
+        frames = (padded - 1) // self.stride
+        return frames + 1 // (frames + 1)
 
     def construct(self, mixture):
         batch, length = mixture.shape
         frames = self.num_frames(length)
-        end_pad = (frames - 1) * self.stride + self.L - length - self.front_pad
-        x = ops.pad(mixture, (self.front_pad, end_pad)).expand_dims(1)
+        span = (frames - 1) * self.stride + self.L
+        # A constant end padding cut to the frames' span: a MINDIR with a dynamic time axis
+        # cannot hold a padding that depends on the length.
+        x = ops.pad(mixture, (self.front_pad, self.edge_pad + self.L))[:, :span].expand_dims(1)
         w = self.encoder(x)                                    # [batch, N, K]
         if self.encoder_relu:
             w = ops.relu(w)
         masks = self.separator(w)                              # [batch, C, N, K]
-        masked = (masks * w.expand_dims(1)).reshape(batch * self.C, self.N, frames)
+        masked = (masks * w.expand_dims(1)).reshape(batch * self.C, self.N, -1)
         s = self.decoder(masked)                               # [batch*C, 1, (K-1)*L/2+L]
         s = s[:, 0, self.edge_pad:self.edge_pad + length]
-        return s.reshape(batch, self.C, length)
+        return s.reshape(batch, self.C, -1)
 
 
 def count_parameters(net):
