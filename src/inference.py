@@ -72,7 +72,7 @@ def _run_model(model_fn, segment):
     return estimates[0].astype(np.float32, copy=False)
 
 
-def stream_separate(model_fn, blocks, chunk_samples, overlap_samples, align=1):
+def stream_separate(model_fn, blocks, chunk_samples, overlap_samples, align=1, join_tail=True):
     """Separate a stream of mixture blocks chunk by chunk.
 
     Args:
@@ -81,12 +81,14 @@ def stream_separate(model_fn, blocks, chunk_samples, overlap_samples, align=1):
         chunk_samples: chunk length in samples; <= 0 means one pass over the whole mixture.
         overlap_samples: overlap of consecutive chunks in samples.
         align: the hop between chunk starts is a multiple of this (the model's encoder stride).
+        join_tail: join a short final remainder to the chunk before it (see below); False keeps
+            every chunk at most chunk_samples long (for a model of fixed input length).
     Yields:
         estimates [C, n] blocks whose concatenation is the estimates [C, T]. Apart from the
         output, at most about 1.5 chunks of input and one chunk of estimates are held.
 
-    A final remainder shorter than half a hop beyond the overlap is joined to the chunk before
-    it, so that no chunk is much shorter than the overlap; every chunk is longer than the overlap.
+    With join_tail, a final remainder shorter than half a hop beyond the overlap is joined to the
+    chunk before it, so that no chunk is much shorter than the overlap.
     """
     chunk, overlap, hop = chunk_geometry(chunk_samples, overlap_samples, align)
     if chunk == 0:
@@ -98,7 +100,7 @@ def stream_separate(model_fn, blocks, chunk_samples, overlap_samples, align=1):
     fade_out, fade_in = crossfade_windows(overlap) if overlap else (None, None)
     # A chunk is run as soon as it is certain that it is not the last one, i.e. once the buffer
     # holds chunk + hop // 2 samples; the final chunk runs when the stream ends.
-    enough = chunk + hop // 2
+    enough = chunk + hop // 2 if join_tail else chunk
     buffer = np.zeros(0, np.float32)      # mixture from the start of the next chunk on
     tail = None                           # previous chunk's estimates on the overlap [C, overlap]
 
@@ -154,7 +156,8 @@ def load_model(cfg, path):
 
     A checkpoint is loaded into a ConvTasNet built from `cfg` (src.checkpoint.load_network); a
     MINDIR is loaded with mindspore.load and run through nn.GraphCell. A MINDIR exported with a
-    fixed input length (cfg.input_length > 0) gets every chunk zero-padded to that length.
+    fixed input length (cfg.input_length > 0) gets every chunk zero-padded to that length; its
+    model_fn has `max_samples` set to that length.
     """
     import os
     import mindspore as ms
@@ -178,10 +181,11 @@ def load_model(cfg, path):
         def padded_fn(mixture):
             t = mixture.shape[-1]
             if t > fixed:
-                raise UserError(f"{path}: the MINDIR takes {fixed} samples; use chunks of at most "
-                                f"that length (--chunk_seconds)")
+                raise UserError(f"{path}: the MINDIR takes {fixed} samples (--input_length), "
+                                f"got {t}")
             padded = np.zeros((1, fixed), np.float32)
             padded[:, :t] = mixture
             return run(padded)[..., :t]
+        padded_fn.max_samples = fixed
         return padded_fn
     return model_function(load_network(cfg, path))

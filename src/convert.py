@@ -1,0 +1,349 @@
+"""Pretrained PyTorch Conv-TasNet weights (Asteroid, torchaudio) as a checkpoint of this project.
+
+Reading: a PyTorch file (`torch.save`, zip format of PyTorch >= 1.6) is a zip archive holding a
+pickle (`<name>/data.pkl`) and one raw little-endian buffer per tensor storage (`<name>/data/<key>`).
+The pickle is read by an unpickler that resolves only an allow-list of globals to stand-ins defined
+here (tensors become numpy arrays, `TorchVersion` becomes a str); any other global is refused
+before anything is called, so no code from the file ever runs. torch is not needed.
+
+Formats:
+    Asteroid serialized model (`BaseModel.serialize()`, what its pretrained models are): the model
+        configuration is read from `model_args`.
+    Asteroid state_dict (`masker.*` keys) and torchaudio's ConvTasNet state_dict
+        (`mask_generator.*` keys): sizes are read from the tensor shapes; what a state_dict does not
+        record (X, hence R; and for Asteroid the mask and encoder activations, gLN or cLN, the
+        sample rate) comes from the configuration (--X, --mask_nonlinear, ...).
+torchaudio's model is gLN (eps 1e-8), sigmoid masks, skip channels = B, the input padded with L/2
+zeros at both ends (edge_pad = L/2), and no residual conv in the last block (its output is never
+used when there are skip connections; the converted model gets zeros there).
+"""
+import collections
+import os
+import pickle
+import re
+import zipfile
+
+import numpy as np
+
+from src.errors import UserError
+
+MODEL_KEYS = ("N", "L", "B", "H", "Sc", "P", "X", "R", "n_src", "norm_type", "causal",
+              "mask_nonlinear", "encoder_activation", "edge_pad", "sample_rate")
+
+_STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64,
+                   "HalfStorage": np.float16, "LongStorage": np.int64, "IntStorage": np.int32,
+                   "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+                   "BoolStorage": np.bool_, "UntypedStorage": np.uint8}
+
+
+class _StorageType:
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+
+class _Version(str):
+    """Stand-in for torch.torch_version.TorchVersion (a str subclass)."""
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    """torch._utils._rebuild_tensor_v2 on a numpy storage: a copy of the strided view."""
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
+        raise ValueError(f"malformed tensor (size {size}, stride {stride}, offset {offset})")
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= len(storage):
+        raise ValueError(f"tensor of size {size} reaches past its storage of {len(storage)}")
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                           strides=[s * storage.itemsize for s in stride])
+    return np.array(view)
+
+
+def _numpy_scalar(dtype, data=b""):
+    """numpy.core.multiarray.scalar (how a numpy number, such as a metric in `infos`, pickles)."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+        raise ValueError("unsupported numpy scalar")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _numpy_dtype(name, align=False, copy=False):
+    if not isinstance(name, str) or np.dtype(name).hasobject:
+        raise ValueError(f"unsupported numpy dtype {name!r}")
+    return np.dtype(name)
+
+
+def _latin1_bytes(text, encoding):
+    """_codecs.encode as protocol-2 pickles use it for bytes: str -> bytes, latin1 only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ValueError("unsupported _codecs.encode call")
+    return text.encode("latin1")
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): _latin1_bytes,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): lambda data, requires_grad, hooks, *rest: data,
+    ("torch.torch_version", "TorchVersion"): _Version,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, archive, prefix, path):
+        super().__init__(file)
+        self.archive, self.prefix, self.path = archive, prefix, path
+        self.storages = {}
+        big = f"{prefix}byteorder" in archive.namelist() and \
+            archive.read(f"{prefix}byteorder").strip() == b"big"
+        self.byteorder = ">" if big else "<"
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        raise UserError(f"{self.path}: refused: the pickle asks for the global '{module}.{name}', "
+                        "which a weight file does not need (nothing from the file was run)")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType)):
+            raise UserError(f"{self.path}: unexpected persistent id {str(pid)[:80]} in the pickle")
+        key = str(pid[2])
+        if key not in self.storages:
+            entry = f"{self.prefix}data/{key}"
+            if entry not in self.archive.namelist():
+                raise UserError(f"{self.path}: tensor storage '{entry}' missing from the archive")
+            dtype = pid[1].dtype.newbyteorder(self.byteorder)
+            data = np.frombuffer(self.archive.read(entry), dtype=dtype)
+            self.storages[key] = data.astype(pid[1].dtype)
+        return self.storages[key]
+
+
+def read_torch_file(path):
+    """The object saved by torch.save in `path`, with tensors as numpy arrays; nothing executed."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a PyTorch zip file (torch.save of PyTorch >= 1.6); "
+                        "re-save it with torch.save in a recent PyTorch")
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        if len(pickles) != 1:
+            raise UserError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
+        prefix = pickles[0][:-len("data.pkl")]
+        with archive.open(pickles[0]) as f:
+            try:
+                return _RestrictedUnpickler(f, archive, prefix, path).load()
+            except (pickle.UnpicklingError, ValueError, TypeError, EOFError, AttributeError) as err:
+                raise UserError(f"{path}: unreadable pickle ({str(err)[:160]})") from None
+
+
+_ASTEROID = [(r"encoder\.filterbank", "encoder"), (r"decoder\.filterbank", "decoder"),
+             (r"masker\.bottleneck\.0", "separator.layer_norm"),
+             (r"masker\.bottleneck\.1", "separator.bottleneck"),
+             (r"masker\.mask_net\.0", "separator.mask_prelu"),
+             (r"masker\.mask_net\.1", "separator.mask_conv"),
+             (r"masker\.TCN\.(\d+)\.res_conv", r"separator.blocks.\1.res_conv"),
+             (r"masker\.TCN\.(\d+)\.skip_conv", r"separator.blocks.\1.skip_conv")]
+_TORCHAUDIO = [(r"encoder", "encoder"), (r"decoder", "decoder"),
+               (r"mask_generator\.input_norm", "separator.layer_norm"),
+               (r"mask_generator\.input_conv", "separator.bottleneck"),
+               (r"mask_generator\.output_prelu", "separator.mask_prelu"),
+               (r"mask_generator\.output_conv", "separator.mask_conv"),
+               (r"mask_generator\.conv_layers\.(\d+)\.res_out", r"separator.blocks.\1.res_conv"),
+               (r"mask_generator\.conv_layers\.(\d+)\.skip_out", r"separator.blocks.\1.skip_conv")]
+_BLOCK_LAYERS = ("conv1x1", "prelu1", "norm1", "dconv", "prelu2", "norm2")
+for _i, _layer in enumerate(_BLOCK_LAYERS):   # the Sequential inside each block, same in both
+    _ASTEROID.append((rf"masker\.TCN\.(\d+)\.shared_block\.{_i}", rf"separator.blocks.\1.{_layer}"))
+    _TORCHAUDIO.append((rf"mask_generator\.conv_layers\.(\d+)\.conv_layers\.{_i}",
+                        rf"separator.blocks.\1.{_layer}"))
+# Tensor names of torch modules -> candidate names in this project's cells.
+_LEAVES = {"weight": ("weight", "gamma", "w"), "bias": ("bias", "beta"), "_filters": ("weight",),
+           "gamma": ("gamma",), "beta": ("beta",), "running_mean": ("moving_mean",),
+           "running_var": ("moving_variance",)}
+_IGNORED_LEAVES = ("num_batches_tracked",)
+
+
+def detect_format(obj, path):
+    """('asteroid' or 'torchaudio', state_dict, model_args or None) for a loaded PyTorch file."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: expected a dict (a state_dict or Asteroid's serialized model), "
+                        f"got {type(obj).__name__}")
+    model_args = None
+    if "state_dict" in obj:
+        if "model_args" in obj:
+            name = obj.get("model_name", "ConvTasNet")
+            if name != "ConvTasNet":
+                raise UserError(f"{path}: model_name is {name!r}; only ConvTasNet is converted")
+            model_args = obj["model_args"]
+        obj = obj["state_dict"]
+    keys = [k for k in obj if isinstance(k, str)]
+    if keys and all(k.startswith("model.") for k in keys):   # a training wrapper's prefix
+        obj = {k[len("model."):]: v for k, v in obj.items()}
+        keys = list(obj)
+    if any(k.startswith("masker.") for k in keys):
+        return "asteroid", obj, model_args
+    if any(k.startswith("mask_generator.") for k in keys):
+        return "torchaudio", obj, model_args
+    raise UserError(f"{path}: no Asteroid (masker.*) or torchaudio (mask_generator.*) ConvTasNet "
+                    f"tensors found (keys: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
+
+
+def _shape(state, key, path):
+    if key not in state:
+        raise UserError(f"{path}: tensor '{key}' missing; not a Conv-TasNet of the expected layout")
+    return np.shape(state[key])
+
+
+def _count_blocks(state, pattern):
+    indices = {int(m.group(1)) for k in state for m in [re.match(pattern, k)] if m}
+    return max(indices) + 1 if indices else 0
+
+
+def _split_blocks(total, cfg, path):
+    if total % cfg.X:
+        raise UserError(f"{path}: {total} convolutional blocks cannot be {cfg.X} per repeat "
+                        f"(X={cfg.X}); pass the model's --X")
+    return cfg.X, total // cfg.X
+
+
+def asteroid_config(model_args, path):
+    """Model settings of this project from Asteroid's model_args; UserError for what differs."""
+    def arg(name, default=None):
+        if name not in model_args and default is None:
+            raise UserError(f"{path}: model_args has no '{name}'")
+        return model_args.get(name, default)
+
+    norms = {"gLN": "gLN", "cgLN": "cLN", "bN": "BN", "BN": "BN"}
+    checks = [("fb_name", arg("fb_name", "free") in ("free", "FreeFB"), "a free filterbank"),
+              ("norm_type", arg("norm_type", "gLN") in norms, "gLN, cgLN or bN"),
+              ("mask_act", arg("mask_act", "sigmoid") in ("relu", "sigmoid", "softmax"),
+               "relu, sigmoid or softmax"),
+              ("stride", arg("stride") * 2 == arg("kernel_size"), "kernel_size / 2"),
+              ("causal", not arg("causal", False),
+               "false (a causal Asteroid encoder is not aligned like this project's)"),
+              ("encoder_activation", arg("encoder_activation", "linear") in (None, "linear", "relu"),
+               "none, linear or relu")]
+    for key, ok, expected in checks:
+        if not ok:
+            raise UserError(f"{path}: model_args {key}={model_args.get(key)!r}: expected {expected}")
+    N = arg("n_filters")
+    for key in ("in_chan", "out_chan"):
+        if model_args.get(key) not in (None, N):
+            raise UserError(f"{path}: model_args {key}={model_args[key]} differs from n_filters={N}")
+    return dict(N=N, L=arg("kernel_size"), B=arg("bn_chan"), H=arg("hid_chan"),
+                Sc=arg("skip_chan") or 0, P=arg("conv_kernel_size"), X=arg("n_blocks"),
+                R=arg("n_repeats"), n_src=arg("n_src"), norm_type=norms[arg("norm_type", "gLN")],
+                causal=False, mask_nonlinear=arg("mask_act", "sigmoid"),
+                encoder_activation=arg("encoder_activation") or "linear", edge_pad=0,
+                sample_rate=int(arg("sample_rate", 8000)))
+
+
+def state_dict_config(kind, state, cfg, path):
+    """Model settings read from the tensor shapes of a bare state_dict, the rest from `cfg`.
+
+    Returns (settings, assumed): `assumed` names the settings a state_dict does not record.
+    """
+    if kind == "asteroid":
+        names = dict(encoder="encoder.filterbank._filters", bottleneck="masker.bottleneck.1.weight",
+                     block="masker.TCN.0.shared_block.{}.weight", skip="masker.TCN.0.skip_conv.weight",
+                     mask="masker.mask_net.1.weight", blocks=r"masker\.TCN\.(\d+)\.")
+        if "masker.TCN.0.shared_block.3.0.weight" in state:
+            raise UserError(f"{path}: a causal Asteroid model; its encoder is not aligned like "
+                            "this project's causal model")
+    else:
+        names = dict(encoder="encoder.weight", bottleneck="mask_generator.input_conv.weight",
+                     block="mask_generator.conv_layers.0.conv_layers.{}.weight",
+                     skip="mask_generator.conv_layers.0.skip_out.weight",
+                     mask="mask_generator.output_conv.weight",
+                     blocks=r"mask_generator\.conv_layers\.(\d+)\.")
+    N, _, L = _shape(state, names["encoder"], path)
+    B = _shape(state, names["bottleneck"], path)[0]
+    H = _shape(state, names["block"].format(0), path)[0]
+    P = _shape(state, names["block"].format(3), path)[-1]
+    Sc = _shape(state, names["skip"], path)[0] if names["skip"] in state else 0
+    X, R = _split_blocks(_count_blocks(state, names["blocks"]), cfg, path)
+    n_src = _shape(state, names["mask"], path)[0] // N
+    if kind == "torchaudio":
+        return dict(N=N, L=L, B=B, H=H, Sc=Sc, P=P, X=X, R=R, n_src=n_src, norm_type="gLN",
+                    causal=False, mask_nonlinear="sigmoid", encoder_activation="linear",
+                    edge_pad=L // 2, sample_rate=cfg.sample_rate), ("X", "sample_rate")
+    batch_norm = any(k.endswith("running_mean") for k in state)
+    norm_type = "BN" if batch_norm else ("cLN" if cfg.norm_type == "cLN" else "gLN")
+    assumed = ("X", "mask_nonlinear", "encoder_activation", "sample_rate") + \
+        (() if batch_norm else ("norm_type",))
+    return dict(N=N, L=L, B=B, H=H, Sc=Sc, P=P, X=X, R=R, n_src=n_src, norm_type=norm_type,
+                causal=False, mask_nonlinear=cfg.mask_nonlinear,
+                encoder_activation=cfg.encoder_activation, edge_pad=0,
+                sample_rate=cfg.sample_rate), assumed
+
+
+def map_parameters(kind, state, targets, path):
+    """{project parameter name: array} from a PyTorch state_dict.
+
+    targets: {name: shape} of the parameters of the network built from the converted settings.
+    Every tensor must find its parameter with the same number of elements (torch's [out, in, k]
+    convolution weights become [out, in, 1, k]); a mismatch raises UserError naming both.
+    """
+    rules = _ASTEROID if kind == "asteroid" else _TORCHAUDIO
+    params = {}
+    for key, value in state.items():
+        module, _, leaf = key.rpartition(".")
+        if leaf in _IGNORED_LEAVES:
+            continue
+        module = module[:-2] if kind == "asteroid" and module.endswith("shared_block.3.0") else module
+        prefix = next((re.sub(f"^{pattern}$", target, module) for pattern, target in rules
+                       if re.fullmatch(pattern, module)), None)
+        candidates = [f"{prefix}.{sub}{name}" for name in _LEAVES.get(leaf, ())
+                      for sub in ("", "norm.")] if prefix else []
+        found = [name for name in candidates if name in targets]
+        if not found:
+            raise UserError(f"{path}: tensor '{key}' has no place in this project's ConvTasNet "
+                            "(another architecture, or a configuration with other sizes)")
+        name, value = found[0], np.asarray(value)
+        if value.size != int(np.prod(targets[name])) or \
+                tuple(d for d in value.shape if d != 1) != tuple(d for d in targets[name] if d != 1):
+            raise UserError(f"{path}: tensor '{key}' has shape {tuple(value.shape)} but the model "
+                            f"configured from the file needs {tuple(targets[name])} for '{name}'")
+        params[name] = value.astype(np.float32).reshape(targets[name])
+    return params
+
+
+def convert(src, dst, cfg):
+    """Convert the PyTorch file `src` into checkpoint `dst` and recipe `<dst stem>.yaml`.
+
+    Returns (kind, settings, assumed, recipe_path): the format found, the model settings written,
+    the names of those taken from `cfg` because the file does not record them.
+    """
+    import mindspore as ms
+    from src.atomic import write_yaml
+    from src.checkpoint import save_checkpoint
+    from src.conv_tasnet import ConvTasNet, model_kwargs
+    from src.model_utils.config import Config
+
+    if not dst.endswith(".ckpt"):
+        raise UserError(f"dst: expected a file name ending in .ckpt, got {dst!r}")
+    kind, state, model_args = detect_format(read_torch_file(src), src)
+    settings, assumed = (asteroid_config(model_args, src), ()) if model_args is not None \
+        else state_dict_config(kind, state, cfg, src)
+    net = ConvTasNet(**model_kwargs(Config({**cfg.to_dict(), **settings})))
+    targets = {name: tuple(p.shape) for name, p in net.parameters_and_names()}
+    params = map_parameters(kind, state, targets, src)
+    for name in targets:
+        if name not in params:
+            unused_residual = kind == "torchaudio" and name.startswith(
+                f"separator.blocks.{settings['X'] * settings['R'] - 1}.res_conv.")
+            if not unused_residual:
+                raise UserError(f"{src}: no tensor for parameter '{name}' of the configured model")
+            params[name] = np.zeros(targets[name], np.float32)
+    ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in params.items()},
+                           strict_load=True)
+    recipe = os.path.splitext(dst)[0] + ".yaml"
+    save_checkpoint(net, dst)
+    write_yaml(recipe, {key: settings[key] for key in MODEL_KEYS})
+    return kind, settings, assumed, recipe

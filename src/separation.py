@@ -1,0 +1,213 @@
+"""Separating a user's recordings: any readable format, rate and channel count, any length.
+
+A file is streamed: blocks are read with soundfile, downmixed to mono, resampled to the model's
+rate with a streaming soxr resampler, separated chunk by chunk (src.inference.stream_separate),
+resampled back to the file's rate and appended to `<name>_s1.wav` ... `<name>_sC.wav` (32-bit
+float WAV, so loud estimates are not clipped). Memory therefore depends on the chunk length, not on
+the length of the file. Outputs are written under temporary names and renamed when complete.
+"""
+import contextlib
+import os
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from src.atomic import atomic_output
+from src.errors import UserError
+from src.inference import stream_separate
+
+READ_BLOCK = 1 << 16          # frames read from the input at a time
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
+                    ".caf", ".w64", ".rf64")
+
+
+def list_inputs(path):
+    """The audio files to separate: `path` itself, or the audio files directly inside a folder."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, name) for name in os.listdir(path)
+                       if name.lower().endswith(AUDIO_EXTENSIONS)
+                       and os.path.isfile(os.path.join(path, name)))
+        if not files:
+            raise UserError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in the folder")
+        return files
+    if not os.path.exists(path):
+        raise UserError(f"{path}: file not found")
+    return [path]
+
+
+def output_stems(files, output_dir):
+    """Output name stems in `output_dir`, one per input; inputs sharing a stem keep their extension."""
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    return [os.path.join(output_dir, stem if stems.count(stem) == 1
+                         else f"{stem}_{os.path.splitext(f)[1].lstrip('.').lower()}")
+            for stem, f in zip(stems, files)]
+
+
+def _open_input(path):
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+    try:
+        return sf.SoundFile(path)
+    except (RuntimeError, sf.LibsndfileError, ValueError) as err:
+        raise UserError(f"{path}: not readable audio ({str(err).splitlines()[0][:120]})") from None
+
+
+def _mono_blocks(audio, path):
+    """Mono float32 blocks [n] of an open SoundFile (channels averaged)."""
+    try:
+        for block in audio.blocks(blocksize=READ_BLOCK, dtype="float32", always_2d=True):
+            yield block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise UserError(f"{path}: audio data unreadable ({str(err).splitlines()[0][:120]})") \
+            from None
+
+
+def _resampled(blocks, in_rate, out_rate, channels=1):
+    """Blocks ([n] or [C, n]) resampled from in_rate to out_rate as a stream."""
+    if in_rate == out_rate:
+        yield from blocks
+        return
+    stream = soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32", quality="HQ")
+    pending = None   # one block of look-ahead, so that the last one is flushed with last=True
+    for block in blocks:
+        if pending is not None:
+            yield _resample_block(stream, pending, False)
+        pending = block
+    if pending is not None:
+        yield _resample_block(stream, pending, True)
+
+
+def _resample_block(stream, block, last):
+    block = np.ascontiguousarray(block, np.float32)
+    if block.ndim == 1:
+        return stream.resample_chunk(block, last=last)
+    return stream.resample_chunk(np.ascontiguousarray(block.T), last=last).T
+
+
+def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, align, protected=()):
+    """Separate one file into `<stem>_s1.wav` ... at the file's rate. Returns the written paths.
+
+    `protected`: absolute paths that must not be written (the inputs of the run).
+
+    Raises UserError naming the file when it cannot be read, is empty, or is shorter than the
+    encoder kernel L at the model's rate.
+    """
+    with _open_input(path) as audio:
+        rate, frames = audio.samplerate, audio.frames
+        if frames <= 0:
+            raise UserError(f"{path}: audio has no samples")
+        model_frames = int(round(frames * cfg.sample_rate / rate))
+        if model_frames < cfg.L:
+            raise UserError(f"{path}: {frames} samples at {rate} Hz is shorter than the model's "
+                            f"encoder kernel (L={cfg.L} samples at {cfg.sample_rate} Hz)")
+        outputs = [f"{stem}_s{c + 1}.wav" for c in range(cfg.n_src)]
+        protected = set(protected) | {os.path.abspath(path)}
+        clash = [o for o in outputs if os.path.abspath(o) in protected]
+        if clash:
+            raise UserError(f"{path}: its output {clash[0]} would overwrite an input; "
+                            "choose another --output_dir")
+        mixture = _resampled(_mono_blocks(audio, path), rate, cfg.sample_rate)
+        fixed_length = getattr(model_fn, "max_samples", None) is not None
+        estimates = stream_separate(model_fn, mixture, chunk_samples, overlap_samples, align,
+                                    join_tail=not fixed_length)
+        estimates = _resampled(estimates, cfg.sample_rate, rate, channels=cfg.n_src)
+        with contextlib.ExitStack() as stack:
+            sinks = [sf.SoundFile(stack.enter_context(atomic_output(o)), "w", samplerate=rate,
+                                  channels=1, format="WAV", subtype="FLOAT") for o in outputs]
+            for sink in sinks:
+                stack.callback(sink.close)
+            written = 0
+            for block in estimates:
+                block = block[:, :frames - written]     # resampling may round one sample over
+                for sink, source in zip(sinks, block):
+                    sink.write(source)
+                written += block.shape[1]
+            for sink in sinks:                           # ... or one under
+                sink.write(np.zeros(frames - written, np.float32))
+    return outputs
+
+
+def plot_separation(path, outputs, png):
+    """A PNG with the waveform and spectrogram of the mixture `path` and each estimate."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from src.audio import read_audio
+
+    signals = [read_audio(p) for p in [path] + list(outputs)]
+    titles = [f"mixture: {os.path.basename(path)}"] + [os.path.basename(o) for o in outputs]
+    fig, axes = plt.subplots(len(signals), 2, figsize=(12, 2.2 * len(signals)), squeeze=False)
+    for row, ((signal, rate), title) in enumerate(zip(signals, titles)):
+        time = np.arange(len(signal)) / rate
+        axes[row, 0].plot(time, signal, linewidth=0.4)
+        axes[row, 0].set_title(title, fontsize=9)
+        axes[row, 0].set_xlim(0, time[-1] if len(time) > 1 else 1)
+        nfft = 512 if len(signal) >= 512 else max(16, 1 << (len(signal).bit_length() - 1))
+        axes[row, 1].specgram(signal, NFFT=nfft, Fs=rate, noverlap=nfft // 2, cmap="magma")
+        axes[row, 1].set_ylabel("Hz")
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds")
+    fig.tight_layout()
+    with atomic_output(png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return png
+
+
+def separate_inputs(model_fn, cfg, chunk_samples, overlap_samples, align, log=print):
+    """Separate `cfg.input` (a file or a folder) into `cfg.output_dir`.
+
+    Every file is attempted; a file that fails is logged as one line naming it. Returns
+    (written paths, failed files).
+    """
+    files = list_inputs(cfg.input)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    written, failed = [], []
+    inputs = [os.path.abspath(f) for f in files]
+    for path, stem in zip(files, output_stems(files, cfg.output_dir)):
+        try:
+            outputs = separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples,
+                                    align, protected=inputs)
+            if cfg.plot:
+                outputs.append(plot_separation(path, outputs, f"{stem}_separated.png"))
+        except UserError as err:
+            log(f"error: {err}")
+            failed.append(path)
+            continue
+        written.extend(outputs)
+        log(f"{path} -> {', '.join(os.path.basename(o) for o in outputs)}")
+    return written, failed
+
+
+def chunking(cfg):
+    """(chunk, overlap, align) in samples at the model's rate, from the configuration."""
+    chunk = int(round(cfg.separate_chunk_seconds * cfg.sample_rate))
+    if cfg.model_path.lower().endswith(".mindir") and cfg.input_length > 0:
+        chunk = cfg.input_length            # a fixed-length MINDIR takes exactly this much
+    overlap = int(round(cfg.chunk_overlap * cfg.sample_rate))
+    if 0 < chunk < 2 * cfg.L:
+        raise UserError(f"separate_chunk_seconds: {cfg.separate_chunk_seconds} s is shorter than "
+                        f"two encoder kernels (2 L = {2 * cfg.L} samples at {cfg.sample_rate} Hz)")
+    if overlap < 0 or (chunk > 0 and overlap >= chunk):
+        raise UserError(f"chunk_overlap: expected seconds >= 0 and shorter than a chunk "
+                        f"({chunk} samples), got {cfg.chunk_overlap}")
+    return chunk, overlap, cfg.L // 2
+
+
+def run_separation(cfg, log=print):
+    """separate.py: check the settings, load the model, separate every input; UserError if any failed."""
+    from src.inference import load_model
+
+    for key in ("model_path", "input"):
+        if not getattr(cfg, key):
+            raise UserError(f"{key}: expected a path (--{key}=...)")
+    files = list_inputs(cfg.input)
+    chunk, overlap, align = chunking(cfg)
+    model_fn = load_model(cfg, cfg.model_path)
+    written, failed = separate_inputs(model_fn, cfg, chunk, overlap, align, log)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(files)} inputs failed: "
+                        f"{', '.join(os.path.basename(f) for f in failed)}")
+    return written

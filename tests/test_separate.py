@@ -1,0 +1,226 @@
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+import mindspore as ms
+
+from src.audio import resample_audio
+from src.conv_tasnet import ConvTasNet
+from src.errors import UserError
+from src.inference import chunk_geometry, load_model
+from src.model_utils.config import load_config
+from src.separation import chunking, run_separation, separate_inputs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(N=8, L=16, B=4, H=8, Sc=4, P=3, X=1, R=1)
+RATE = 8000
+
+
+def make_model(directory, name, **settings):
+    """A random tiny ConvTasNet saved as <name>.ckpt with its recipe <name>.yaml; returns the net."""
+    ms.set_seed(len(name))
+    settings = {**TINY, **settings}
+    net = ConvTasNet(C=2, **settings)
+    net.set_train(False)
+    ms.save_checkpoint(net, os.path.join(directory, f"{name}.ckpt"))
+    with open(os.path.join(directory, f"{name}.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump({**settings, "n_src": 2, "sample_rate": RATE}, f)
+    return net
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("models"))
+    return directory, {"gln": make_model(directory, "gln"),
+                       "bn": make_model(directory, "bn", norm_type="BN")}
+
+
+def config(models, name, input_path, output_dir, *extra):
+    directory, _ = models
+    return load_config([f"--config_path={directory}/{name}.yaml",
+                        f"--model_path={directory}/{name}.ckpt", f"--input={input_path}",
+                        f"--output_dir={output_dir}", *extra])
+
+
+def run_net(net, mixture):
+    return net(ms.Tensor(np.asarray(mixture, np.float32)[None])).asnumpy()[0]
+
+
+def voices(seconds, rate, channels=1, seed=0):
+    """Two amplitude-modulated harmonic 'voices' at different pitches, mixed, [T, channels]."""
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    a = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 6)) * (1 + np.sin(2 * np.pi * 3 * t))
+    b = sum(np.sin(2 * np.pi * 230 * k * t) / k for k in range(1, 4)) * (1 + np.cos(2 * np.pi * 2 * t))
+    mono = 0.2 * (a + b) + 0.01 * rng.standard_normal(len(t))
+    return np.stack([mono * (0.8 + 0.2 * c) for c in range(channels)], axis=1).astype(np.float32)
+
+
+FORMATS = [(8000, 1, "WAV", "PCM_16", "wav"), (16000, 2, "FLAC", "PCM_24", "flac"),
+           (44100, 2, "OGG", "VORBIS", "ogg"), (22050, 1, "WAV", "FLOAT", "wav")]
+if "MP3" in sf.available_formats():
+    FORMATS.append((24000, 2, "MP3", "MPEG_LAYER_III", "mp3"))
+
+
+@pytest.mark.parametrize("rate,channels,fmt,subtype,ext", FORMATS)
+def test_rates_channels_formats(models, tmp_path, rate, channels, fmt, subtype, ext):
+    path = tmp_path / f"talk.{ext}"
+    sf.write(path, voices(1.5, rate, channels), rate, format=fmt, subtype=subtype)
+    before = path.read_bytes()
+    written, failed = separate_inputs(load_model(cfg := config(models, "gln", path, tmp_path / "out"),
+                                                 cfg.model_path),
+                                      cfg, *chunking(cfg), log=lambda line: None)
+    assert failed == [] and [os.path.basename(w) for w in written] == ["talk_s1.wav", "talk_s2.wav"]
+    assert path.read_bytes() == before                       # the input is untouched
+    # Reference: the decoded file downmixed, resampled to the model's rate, separated whole,
+    # resampled back (librosa, one shot) and cut to the input's length.
+    mixture, file_rate = sf.read(path, dtype="float32", always_2d=True)
+    estimates = run_net(models[1]["gln"], resample_audio(mixture.mean(axis=1), file_rate, RATE))
+    expected = resample_audio(estimates, RATE, file_rate)
+    for c, out in enumerate(written):
+        data, out_rate = sf.read(out, dtype="float32")
+        assert out_rate == file_rate and data.ndim == 1 and len(data) == len(mixture)
+        n = min(len(data), expected.shape[1])
+        scale = np.abs(expected[c]).max()
+        np.testing.assert_allclose(data[:n], expected[c, :n], atol=1e-3 * scale)
+
+
+def test_plot_writes_png(models, tmp_path):
+    import matplotlib.image
+    sf.write(tmp_path / "a.wav", voices(1.0, 16000, 2), 16000)
+    cfg = config(models, "gln", tmp_path / "a.wav", tmp_path / "out", "--plot=true")
+    written = run_separation(cfg, log=lambda line: None)
+    assert [os.path.basename(w) for w in written] == ["a_s1.wav", "a_s2.wav", "a_separated.png"]
+    image = matplotlib.image.imread(written[-1])
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    assert image[..., :3].std() > 0.05                       # not a blank canvas
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".tmp")]
+
+
+def test_long_file_bounded_memory_and_equal_to_whole_away_from_borders(models, tmp_path):
+    # 8 kHz (the model's rate), stereo: the downmix is exact, so chunks can be compared with the
+    # whole-file result sample for sample. BN in eval mode has no utterance statistics.
+    net = models[1]["bn"]
+    rng = np.random.default_rng(5)
+    for minutes in (1, 4):
+        left = voices(60 * minutes, RATE, 1, seed=minutes)[:, 0]
+        stereo = np.stack([left, left * 0.5 + 0.01 * rng.standard_normal(len(left))], axis=1)
+        sf.write(tmp_path / f"long{minutes}.wav", stereo, RATE, subtype="FLOAT")
+    peaks = {}
+    for minutes in (1, 4):
+        cfg = config(models, "bn", tmp_path / f"long{minutes}.wav", tmp_path / "out",
+                     "--separate_chunk_seconds=10", "--chunk_overlap=1")
+        model_fn = load_model(cfg, cfg.model_path)
+        tracemalloc.start()
+        try:
+            _, failed = separate_inputs(model_fn, cfg, *chunking(cfg), log=lambda line: None)
+            peaks[minutes] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert failed == []
+    # A whole 4-minute file would take 7.7 MB per mono float32 signal; chunks take 10 s.
+    assert peaks[4] < 1.2 * peaks[1] + 1e6, peaks
+    assert peaks[4] < 8e6, peaks
+
+    stereo, _ = sf.read(tmp_path / "long4.wav", dtype="float32")
+    whole = run_net(net, stereo.mean(axis=1))
+    chunked = np.stack([sf.read(tmp_path / "out" / f"long4_s{c}.wav", dtype="float32")[0]
+                        for c in (1, 2)])
+    assert chunked.shape == whole.shape
+    chunk, overlap, hop = chunk_geometry(10 * RATE, RATE, net.stride)
+    margin = 6 * net.stride + 2 * net.L                 # receptive field of the tiny model
+    keep = np.ones(whole.shape[1], bool)
+    for start in range(hop, whole.shape[1], hop):
+        keep[max(0, start - margin):start + overlap + margin] = False
+    assert keep.sum() > 0.8 * len(keep)
+    # The same speaker order as the whole-file result in every chunk.
+    np.testing.assert_allclose(chunked[:, keep], whole[:, keep], atol=1e-4)
+    assert np.corrcoef(chunked[0], whole[0])[0, 1] > 0.99
+
+
+def test_mindir_model(models, tmp_path):
+    directory, nets = models
+    ms.export(nets["bn"], ms.Tensor(np.zeros((1, 1600), np.float32)),
+              file_name=str(tmp_path / "bn"), file_format="MINDIR")
+    sf.write(tmp_path / "a.wav", voices(1.0, RATE), RATE, subtype="FLOAT")
+    cfg = load_config([f"--config_path={directory}/bn.yaml", f"--model_path={tmp_path}/bn.mindir",
+                       f"--input={tmp_path}/a.wav", f"--output_dir={tmp_path}/out",
+                       "--input_length=1600", "--chunk_overlap=0.05"])
+    run_separation(cfg, log=lambda line: None)
+    whole = run_net(nets["bn"], sf.read(tmp_path / "a.wav", dtype="float32")[0])
+    out = sf.read(tmp_path / "out" / "a_s1.wav", dtype="float32")[0]
+    # Chunks of 1600 samples; away from their borders the result is the whole-file one.
+    np.testing.assert_allclose(out[200:1000], whole[0, 200:1000], atol=1e-4)
+
+
+def test_bad_inputs_named_and_others_still_processed(models, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "good.wav", voices(0.5, RATE), RATE)
+    (folder / "notaudio.wav").write_text("this is not audio\n")
+    sf.write(folder / "empty.wav", np.zeros((0, 1), np.float32), RATE)
+    sf.write(folder / "short.flac", np.ones((40, 1), np.float32) * 0.1, 48000)  # 6 samples at 8k
+    (folder / "notes.txt").write_text("ignored: not an audio extension\n")
+    lines = []
+    written, failed = separate_inputs(load_model(cfg := config(models, "gln", folder, tmp_path / "out"),
+                                                 cfg.model_path),
+                                      cfg, *chunking(cfg), log=lines.append)
+    assert sorted(os.path.basename(f) for f in failed) == ["empty.wav", "notaudio.wav", "short.flac"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["good_s1.wav", "good_s2.wav"]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 3 and all("\n" not in line for line in errors)
+    assert any("notaudio.wav: not readable audio" in line for line in errors)
+    assert any("empty.wav: audio has no samples" in line for line in errors)
+    assert any("short.flac" in line and "shorter than the model's encoder kernel" in line
+               for line in errors)
+    with pytest.raises(UserError, match="3 of 4 inputs failed"):
+        run_separation(cfg, log=lambda line: None)
+    with pytest.raises(UserError, match="missing.wav: file not found"):
+        run_separation(config(models, "gln", tmp_path / "missing.wav", tmp_path / "out"))
+
+
+def test_output_never_overwrites_input_and_stems_stay_apart(models, tmp_path):
+    # Separating a folder into itself: a.wav's output a_s1.wav is also an input.
+    sf.write(tmp_path / "a.wav", voices(0.5, RATE), RATE)
+    sf.write(tmp_path / "a_s1.wav", voices(0.7, RATE), RATE)
+    before = (tmp_path / "a_s1.wav").read_bytes()
+    lines = []
+    cfg = config(models, "gln", tmp_path, tmp_path)
+    written, failed = separate_inputs(load_model(cfg, cfg.model_path), cfg, *chunking(cfg),
+                                      log=lines.append)
+    assert [os.path.basename(f) for f in failed] == ["a.wav"]
+    assert any("a.wav: its output" in line and "would overwrite an input" in line for line in lines)
+    assert (tmp_path / "a_s1.wav").read_bytes() == before
+    assert sorted(os.path.basename(w) for w in written) == ["a_s1_s1.wav", "a_s1_s2.wav"]
+    folder = tmp_path / "dup"
+    folder.mkdir()
+    sf.write(folder / "b.wav", voices(0.5, RATE), RATE)
+    sf.write(folder / "b.flac", voices(0.5, RATE), RATE)
+    written = run_separation(config(models, "gln", folder, tmp_path / "dup_out"), log=lambda l: None)
+    assert sorted(os.path.basename(w) for w in written) == \
+        ["b_flac_s1.wav", "b_flac_s2.wav", "b_wav_s1.wav", "b_wav_s2.wav"]
+
+
+def test_cli_exit_status_and_one_line_errors(models, tmp_path):
+    directory, _ = models
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "good.ogg", voices(0.5, 16000, 2), 16000, format="OGG", subtype="VORBIS")
+    (folder / "broken.flac").write_bytes(b"fLaC" + bytes(100))
+    env = {**os.environ, "PYTHONPATH": ROOT, "GLOG_v": "3"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "separate.py"),
+                           f"--model_path={directory}/gln.ckpt", f"--config_path={directory}/gln.yaml",
+                           f"--input={folder}", f"--output_dir={tmp_path}/out"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, proc.stdout + proc.stderr
+    assert "broken.flac" in errors[0] and "1 of 2 inputs failed" in errors[1]
+    info = sf.info(str(tmp_path / "out" / "good_s2.wav"))
+    assert info.samplerate == 16000 and info.channels == 1 and info.frames == 8000
