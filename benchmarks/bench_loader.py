@@ -1,11 +1,14 @@
 """Throughput of the data pipelines: MindRecord vs JSON lists (WAVs read with soundfile).
 
 Generates a synthetic LibriMix, preprocesses it into both formats, then times full passes of the
-training pipeline (random crops, batches) and of the evaluation pipeline (whole utterances).
+training pipeline (random crops, batches), of the training pipeline with dynamic mixing (new
+mixtures made from the sources, with speed perturbation and gains), and of the evaluation
+pipeline (whole utterances).
 Prints one JSON object. MB/s is the audio read per second: whole utterances (mixture and sources,
 16-bit samples as stored), also for training, which reads whole rows and crops them.
 
     python benchmarks/bench_loader.py [--mixtures 200] [--epochs 3] [--workers 2] [--work_dir DIR]
+        [--speed_perturb [0.95,1.0,1.05]] [--gain_db [-5.0,5.0]]   (the dynamic-mixing pass)
 """
 import argparse
 import json
@@ -46,6 +49,8 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="dataset_workers")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--segment", type=float, default=4.0)
+    parser.add_argument("--speed_perturb", default="[0.95,1.0,1.05]", help="with dynamic mixing")
+    parser.add_argument("--gain_db", default="[-5.0,5.0]", help="with dynamic mixing")
     parser.add_argument("--work_dir", default="", help="where the set is made (default: a temp dir)")
     args = parser.parse_args()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_loader_")
@@ -60,16 +65,21 @@ def main():
                "hours": round(index.info["hours"], 3), "workers": args.workers,
                "batch_size": args.batch_size, "segment_s": args.segment}
     for fmt in ("mindrecord", "json"):
-        cfg = load_config([f"--data_dir={data_dir}", f"--data_format={fmt}",
-                           f"--dataset_workers={args.workers}", f"--batch_size={args.batch_size}",
-                           f"--segment={args.segment}"])
+        flags = [f"--data_dir={data_dir}", f"--data_format={fmt}", f"--dataset_workers={args.workers}",
+                 f"--batch_size={args.batch_size}", f"--segment={args.segment}"]
+        cfg = load_config(flags)
+        mixing = load_config(flags + ["--dynamic_mixing=true", f"--speed_perturb={args.speed_perturb}",
+                                      f"--gain_db={args.gain_db}"])
         for name, dataset in (("train", create_train_dataset(cfg)),
+                              ("train_dynamic_mixing", create_train_dataset(mixing)),
                               ("eval", create_eval_dataset(cfg, "train-360")[0])):
             rows, samples, seconds = timed_pass(dataset, args.epochs)
             if name == "train":   # rows are crops of whole utterances: count what was read
                 samples = rows * float(index.lengths.mean()) * 3
             results[f"{fmt}_{name}"] = {"mixtures_per_s": round(rows / seconds, 1),
                                         "MB_per_s": round(samples * 2 / seconds / 1e6, 2)}
+            if name == "train_dynamic_mixing":   # reads whole source utterances, not whole rows
+                del results[f"{fmt}_{name}"]["MB_per_s"]
     print(json.dumps(results, indent=1))
 
 

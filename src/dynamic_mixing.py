@@ -1,8 +1,8 @@
 """Dynamic mixing: training mixtures made anew for every example from single-speaker sources.
 
 With `dynamic_mixing: true` the training pipeline never reads the stored mixtures. Every example
-is made on the fly from the single-speaker sources of the training split (`s1/ ... s<C>/`, through
-the JSON lists or the MindRecord rows):
+is made on the fly from the single-speaker WAVs of the training split (`s1/ ... s<C>/`, as its
+JSON lists name them, whatever data_format says; see SplitReader), in worker processes:
   1. C different speakers are drawn uniformly, then one utterance of each (speaker ids are the
      LibriSpeech utterance ids in mixture_ID, `<spk>-<chapter>-<utt>_<spk>-...`; an utterance
      that LibriMix used in several mixtures counts once, its longest copy is kept);
@@ -14,10 +14,9 @@ the JSON lists or the MindRecord rows):
   4. each source gets its own random crop of `segment` seconds; when one is shorter, all are cut
      to the shortest (LibriMix's min mode) and zero-padded, the true length going to `lengths`
      (short_policy=drop leaves such utterances out of the draw instead);
-  5. for mix_both / mix_single, the WHAM noise of a random training mixture (its mixture minus its
-     sources: LibriMix's noise/ file up to 16-bit rounding) is cropped (repeated when shorter) and
-     added at an SNR against the sum of the sources drawn from `noise_snr_db` dB
-     (`[]`: at its stored level);
+  5. for mix_both / mix_single, the WHAM noise of a random training mixture (`noise/`, beside
+     `s1/`) is cropped (repeated when shorter) and added at an SNR against the sum of the
+     sources drawn from `noise_snr_db` dB (`[]`: at its stored level);
   6. when the mixture or a source would reach full scale, everything is scaled down together to a
      peak of 0.9 (as LibriMix does), and the mixture is computed last, in float32, as the sum of
      the float32 sources it returns (plus the noise): the targets are exactly the mixture's parts.
@@ -30,6 +29,7 @@ or on the number of workers, are new at every epoch and differ between ranks. An
 many examples as the training split has mixtures (split between the ranks, full batches only).
 Validation and test sets never use any of this.
 """
+import os
 import zlib
 
 import numpy as np
@@ -38,7 +38,6 @@ import mindspore.dataset as ds
 from src.audio import read_audio, resample_audio
 from src.errors import UserError
 from src.librimix import load_split
-from src.mindrecord_io import decode
 
 PEAK = 0.9            # everything is scaled to this peak when a signal would reach 1.0
 _DRAW_TAG = 0x444D    # separates these draws from the other uses of the seed
@@ -139,55 +138,34 @@ class UtterancePool:
 
 
 class SplitReader:
-    """Reads single sources and noises of a preprocessed split from its WAVs or its MindRecord.
+    """Reads single sources and noises of a preprocessed split from the WAVs its JSON lists name.
 
-    The MindRecord is looked up by mixture_id with MindPage, opened lazily in each worker process.
+    Dynamic mixing needs random access to single utterances; MindRecord rows are not read for it
+    (MindPage's lookup by mixture_id grows with the number of rows: 160 ms per row at 20,000).
     """
 
-    def __init__(self, split, n_src, sample_rate, data_format):
-        self.ids = split.ids
-        self.paths = [split.paths["mix"]] + [split.paths[f"s{k + 1}"] for k in range(n_src)]
-        self.n_src = n_src
+    def __init__(self, split, n_src, sample_rate, noise):
+        self.sources = [split.paths[f"s{k + 1}"] for k in range(n_src)]
+        self.noises = [os.path.join(os.path.dirname(os.path.dirname(p)), "noise", os.path.basename(p))
+                       for p in self.sources[0]] if noise else []
         self.sample_rate = sample_rate
         self.resample = bool(split.info.get("resample", False))
-        self.encoding = split.info["encoding"]
-        self.mindrecord_files = split.mindrecord_files if data_format == "mindrecord" else None
-        if self.mindrecord_files == []:
-            raise UserError(f"{split.split_dir}: has no MindRecord (preprocessed with "
-                            "data_format=json); train with --data_format=json")
-        self._page = None
+        for path in [self.sources[0][0]] + self.noises[:1]:
+            if not os.path.isfile(path):
+                raise UserError(f"{path}: file not found (dynamic mixing reads the single-speaker "
+                                f"WAVs listed in {split.split_dir}/s1.json ... and, with noise, "
+                                "the noise/ folder beside s1/)")
 
-    def __getstate__(self):
-        return {**self.__dict__, "_page": None}
-
-    def _row(self, row):
-        from mindspore.mindrecord import MindPage
-        if self._page is None:
-            self._page = MindPage(self.mindrecord_files, num_consumer=1)
-            self._page.category_field = "mixture_id"
-        found = self._page.read_at_page_by_name(self.ids[row], 0, 1)
-        if not found:
-            raise UserError(f"{self.mindrecord_files[0]}: no row {self.ids[row]!r}")
-        return (decode(found[0]["mixture"], self.encoding),
-                decode(found[0]["sources"], self.encoding).reshape(self.n_src, -1))
-
-    def _wav(self, stream, row):
-        return read_audio(self.paths[stream][row], self.sample_rate, resample=self.resample)[0]
+    def _read(self, path):
+        return read_audio(path, self.sample_rate, resample=self.resample)[0]
 
     def source(self, row, k):
         """Source k of mixture `row`: float32 [T]."""
-        if self.mindrecord_files:
-            return self._row(row)[1][k]
-        return self._wav(k + 1, row)
+        return self._read(self.sources[k][row])
 
     def noise(self, row):
-        """What mixture `row` holds besides its sources: float32 [T]."""
-        if self.mindrecord_files:
-            mixture, sources = self._row(row)
-        else:
-            mixture = self._wav(0, row)
-            sources = np.stack([self._wav(k + 1, row) for k in range(self.n_src)])
-        return mixture - sources.sum(axis=0)
+        """The WHAM noise of mixture `row` (LibriMix's noise/<mixture_ID>.wav): float32 [T]."""
+        return self._read(self.noises[row])
 
 
 def _range(cfg, key):
@@ -267,7 +245,7 @@ def create_dynamic_mixing_dataset(cfg, rank_id=0, rank_size=1):
     if steps < 1:
         raise UserError(f"{split.split_dir}: {len(split.ids)} training mixtures, need at least "
                         f"batch_size x ranks = {cfg.batch_size * rank_size}")
-    reader = SplitReader(split, cfg.n_src, cfg.sample_rate, cfg.data_format)
+    reader = SplitReader(split, cfg.n_src, cfg.sample_rate, settings["noise"])
     mixer = DynamicMixer(pool, reader, settings, len(split.ids), rank_id, rank_size)
     workers = max(1, cfg.dataset_workers)
     slots = ds.NumpySlicesDataset(np.arange(steps * cfg.batch_size, dtype=np.int64),

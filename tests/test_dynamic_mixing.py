@@ -177,10 +177,12 @@ def test_mix_both_adds_training_noise(data_dir, in_dir, tmp_path):
         for path in glob.glob(os.path.join(root, stream, "*.wav")):
             os.symlink(path, noisy / stream / os.path.basename(path))
     os.makedirs(noisy / "mix_both")
+    os.makedirs(noisy / "noise")
     for path in glob.glob(os.path.join(root, "mix_clean", "*.wav")):
         mix = read_float(path)
-        sf.write(noisy / "mix_both" / os.path.basename(path),
-                 mix + 0.01 * rng.standard_normal(len(mix)), 8000, subtype="PCM_16")
+        noise = 0.01 * rng.standard_normal(len(mix))
+        sf.write(noisy / "noise" / os.path.basename(path), noise, 8000, subtype="PCM_16")
+        sf.write(noisy / "mix_both" / os.path.basename(path), mix + noise, 8000, subtype="PCM_16")
     out = str(tmp_path / "data")
     preprocess(config(in_dir=str(tmp_path / "noisy"), out_dir=out, mix_type="mix_both",
                       splits="[train-360]", preprocess_workers=1), log=lambda *_: None)
@@ -195,6 +197,9 @@ def test_mix_both_adds_training_noise(data_dir, in_dir, tmp_path):
             else:
                 assert 10 * np.log10(np.sum(speech ** 2) / np.sum(residual ** 2)) == \
                     pytest.approx(5.0, abs=1e-3)
+    os.remove(noisy / "noise" / f"{load_split(out, 'train-360', 2, 8000).ids[0]}.wav")
+    with pytest.raises(UserError, match=r"noise/\S+\.wav: file not found .*noise/ folder"):
+        create_train_dataset(dm_cfg(out, mix_type="mix_both"))
 
 
 def test_swapped_sources_give_the_same_pit_loss(data_dir):
