@@ -1,6 +1,7 @@
 """A small synthetic LibriMix: the real folder layout and metadata CSVs, with speech-like voices.
 
-Layout written (C = n_src, min mode, mix_clean only, 16-bit PCM WAV like LibriMix):
+Layout written (C = n_src, min mode, 16-bit PCM WAV like LibriMix; mix_clean, and with `noisy`
+also noise/, mix_both/ and mix_single/ with their CSVs):
 ```
 <root>/Libri<C>Mix/wav<k>k/min/
     train-360/ dev/ test/        each with mix_clean/ s1/ ... s<C>/  holding <mixture_ID>.wav
@@ -16,7 +17,12 @@ utterance is scaled to a random loudness in [-33, -25] dB (RMS here, LUFS in Lib
 utterances are cut to the shortest (min mode) and summed, and all are scaled down together when
 the mixture would clip. Everything is drawn from numpy generators seeded by `seed`.
 
+With `noisy`, every mixture also gets a noise (coloured noise with spectral bumps and a slow level
+drift, standing in for WHAM!) at a random level in [-38, -30] dB, written to noise/, and the noisy
+mixtures mix_both/ (sources + noise) and mix_single/ (s1 + noise), with their metadata CSVs.
+
 Command line: python -m src.demo_data --out_dir DIR [--seed 0] [--n_src 2] [--sizes 200,30,30]
+    [--min_seconds 2] [--max_seconds 6] [--noisy]
 """
 import argparse
 import csv
@@ -128,32 +134,61 @@ def _snr_db(signal, rest):
     return float(10 * np.log10(np.sum(signal ** 2) / (np.sum(rest ** 2) + 1e-12) + 1e-12))
 
 
-def mix_sources(utterances, rng):
-    """LibriMix mixing: random loudness per utterance, cut to the shortest, clip-safe sum.
+def synthesize_noise(n, sample_rate, rng):
+    """Ambient noise [n] (a stand-in for WHAM!): coloured noise with a few broad spectral bumps and
+    a slow level drift, peak 1."""
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    shape = (1.0 + freqs / rng.uniform(100, 400)) ** -rng.uniform(0.5, 1.2)
+    for _ in range(3):
+        centre, width = rng.uniform(100, 0.45 * sample_rate), rng.uniform(100, 600)
+        shape *= 1.0 + rng.uniform(0.5, 3.0) * np.exp(-0.5 * ((freqs - centre) / width) ** 2)
+    spectrum = (rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))) * shape
+    noise = np.fft.irfft(spectrum, n)
+    drift = 1.0 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.1, 0.8) * np.arange(n) / sample_rate
+                               + rng.uniform(0, 2 * np.pi))
+    noise *= drift
+    return noise / (np.abs(noise).max() + 1e-9)
+
+
+def set_levels(utterances, rng, noise=None):
+    """LibriMix levels: each whole utterance at a random loudness in [-33, -25] dB and the noise in
+    [-38, -30] dB (RMS here, LUFS in LibriMix), all cut to the shortest utterance, and all scaled
+    down together to a peak of 0.9 when the noisiest mixture or a source would clip.
 
     Args:
-        utterances: C float arrays of any lengths.
+        utterances: C float arrays of any lengths; noise: None or an array at least as long.
     Returns:
-        (mixture [T], sources [C, T]) float64.
+        (sources [C, T], noise [T] or None), float64.
     """
     length = min(len(u) for u in utterances)
     sources = np.stack([u[:length] * 10 ** ((rng.uniform(-33, -25) - _rms_db(u)) / 20)
                         for u in utterances])
-    mixture = sources.sum(axis=0)
-    peak = max(np.abs(mixture).max(), np.abs(sources).max())
-    if peak >= 1.0:  # LibriMix scales everything to a peak of 0.9
+    loudest = sources.sum(axis=0)
+    if noise is not None:
+        noise = noise[:length] * 10 ** ((rng.uniform(-38, -30) - _rms_db(noise[:length])) / 20)
+        loudest = loudest + noise
+    peak = max(np.abs(loudest).max(), np.abs(sources).max())
+    if peak >= 1.0:
         sources *= 0.9 / peak
-        mixture = sources.sum(axis=0)
-    return mixture, sources
+        noise = None if noise is None else noise * (0.9 / peak)
+    return sources, noise
+
+
+def mix_sources(utterances, rng):
+    """LibriMix's clean mixing (see set_levels): (mixture [T], sources [C, T]) float64."""
+    sources, _ = set_levels(utterances, rng)
+    return sources.sum(axis=0), sources
 
 
 def make_demo_librimix(root, seed=0, n_src=2, sample_rate=8000, sizes=None,
-                       min_seconds=2.0, max_seconds=6.0):
+                       min_seconds=2.0, max_seconds=6.0, noisy=False):
     """Write a synthetic LibriMix under `root`; return its `Libri<C>Mix/wav<k>k/min` folder.
 
     Args:
         sizes: mixtures per split, {"train-360": 200, "dev": 30, "test": 30} by default.
         min_seconds, max_seconds: range of the utterance durations (mixtures get the shorter).
+        noisy: also write noise/, mix_both/ and mix_single/ (sep_noisy, enhancement), with their
+            metadata, like LibriMix generated with WHAM! noise.
     A finished set with the same parameters is reused; another folder at that place is refused.
     """
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
@@ -161,7 +196,8 @@ def make_demo_librimix(root, seed=0, n_src=2, sample_rate=8000, sizes=None,
         raise UserError(f"demo set: expected n_src >= 1, 0 < min_seconds <= max_seconds and at least "
                         f"one mixture per split, got n_src={n_src}, {min_seconds}-{max_seconds} s, {sizes}")
     params = {"seed": seed, "n_src": n_src, "sample_rate": sample_rate, "sizes": sizes,
-              "min_seconds": min_seconds, "max_seconds": max_seconds, "version": 1}
+              "min_seconds": min_seconds, "max_seconds": max_seconds, "noisy": bool(noisy),
+              "version": 1}
     parent = os.path.join(os.path.abspath(root), f"Libri{n_src}Mix", f"wav{sample_rate // 1000}k")
     final = os.path.join(parent, "min")
     if os.path.exists(final):
@@ -177,7 +213,7 @@ def make_demo_librimix(root, seed=0, n_src=2, sample_rate=8000, sizes=None,
     speakers = _speakers(seed, sizes)
     for s, split in enumerate(sizes):
         _write_split(tmp, final, split, sizes[split], speakers[split], n_src, sample_rate,
-                     (min_seconds, max_seconds), np.random.default_rng([seed, 1, s]))
+                     (min_seconds, max_seconds), noisy, np.random.default_rng([seed, 1, s]))
     with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
         json.dump(params, f)
     os.replace(tmp, final)
@@ -197,12 +233,13 @@ def _speakers(seed, sizes):
     return out
 
 
-def _write_split(tmp, final, split, count, speakers, n_src, sample_rate, seconds, rng):
+def _write_split(tmp, final, split, count, speakers, n_src, sample_rate, seconds, noisy, rng):
     """Synthesize and write one split; CSV paths name the final folder, as LibriMix's do."""
     if len(speakers) < n_src:
         raise UserError(f"demo set: split {split} has {len(speakers)} speakers, fewer than n_src")
-    streams = ["mix_clean"] + [f"s{i + 1}" for i in range(n_src)]
-    mixture_rows, metric_rows, next_utt = [], [], {}
+    kinds = ["mix_clean"] + (["mix_both", "mix_single"] if noisy else [])
+    rows = {kind: ([], []) for kind in kinds}                # per kind: mixture rows, metric rows
+    next_utt = {}
     for _ in range(count):
         chosen = rng.choice(len(speakers), size=n_src, replace=False)
         utterances, names = [], []
@@ -212,20 +249,36 @@ def _write_split(tmp, final, split, count, speakers, n_src, sample_rate, seconds
             chapter = spk.chapters[next_utt[spk.id] % len(spk.chapters)]
             names.append(f"{spk.id}-{chapter}-{next_utt[spk.id]:04d}")
             utterances.append(synthesize(spk, rng.uniform(*seconds), sample_rate, rng))
-        mixture, sources = mix_sources(utterances, rng)
+        noise = (synthesize_noise(min(map(len, utterances)), sample_rate, rng) if noisy else None)
+        sources, noise = set_levels(utterances, rng, noise)
         mixture_id = "_".join(names)
-        for stream, signal in zip(streams, [mixture, *sources]):
-            write_audio(os.path.join(tmp, split, stream, f"{mixture_id}.wav"), signal.astype(np.float32),
-                        sample_rate, subtype="PCM_16")
-        mixture_rows.append([mixture_id] + [os.path.join(final, split, s, f"{mixture_id}.wav")
-                                            for s in streams] + [mixture.shape[0]])
-        metric_rows.append([mixture_id] + [_snr_db(src, mixture - src) for src in sources])
-    source_cols = [f"source_{i + 1}" for i in range(n_src)]
-    _write_csv(os.path.join(tmp, "metadata", f"mixture_{split}_mix_clean.csv"),
-               ["mixture_ID", "mixture_path"] + [f"{c}_path" for c in source_cols] + ["length"],
-               mixture_rows)
-    _write_csv(os.path.join(tmp, "metadata", f"metrics_{split}_mix_clean.csv"),
-               ["mixture_ID"] + [f"{c}_SNR" for c in source_cols], metric_rows)
+
+        def path(folder):
+            return os.path.join(final, split, folder, f"{mixture_id}.wav")
+
+        signals = {f"s{c + 1}": sources[c] for c in range(n_src)}
+        signals["mix_clean"] = sources.sum(axis=0)
+        if noisy:
+            signals.update(noise=noise, mix_both=signals["mix_clean"] + noise,
+                           mix_single=sources[0] + noise)
+        for folder, signal in signals.items():
+            write_audio(os.path.join(tmp, split, folder, f"{mixture_id}.wav"),
+                        signal.astype(np.float32), sample_rate, subtype="PCM_16")
+        for kind in kinds:
+            parts = [f"s{c + 1}" for c in range(1 if kind == "mix_single" else n_src)]
+            parts += ["noise"] if kind != "mix_clean" else []
+            rows[kind][0].append([mixture_id, path(kind)] + [path(p) for p in parts]
+                                 + [sources.shape[1]])
+            rows[kind][1].append([mixture_id] + [_snr_db(signals[p], signals[kind] - signals[p])
+                                                 for p in parts])
+    for kind in kinds:
+        n_cols = 1 if kind == "mix_single" else n_src
+        names = [f"source_{c + 1}" for c in range(n_cols)] + (["noise"] if kind != "mix_clean" else [])
+        _write_csv(os.path.join(tmp, "metadata", f"mixture_{split}_{kind}.csv"),
+                   ["mixture_ID", "mixture_path"] + [f"{n}_path" for n in names] + ["length"],
+                   rows[kind][0])
+        _write_csv(os.path.join(tmp, "metadata", f"metrics_{split}_{kind}.csv"),
+                   ["mixture_ID"] + [f"{n}_SNR" for n in names], rows[kind][1])
 
 
 def _write_csv(path, header, rows):
@@ -245,13 +298,14 @@ def main(argv=None):
     parser.add_argument("--sizes", default="200,30,30", help="mixtures in train-360,dev,test")
     parser.add_argument("--min_seconds", type=float, default=2.0)
     parser.add_argument("--max_seconds", type=float, default=6.0)
+    parser.add_argument("--noisy", action="store_true", help="also noise/, mix_both/, mix_single/")
     args = parser.parse_args(argv)
     try:
         sizes = dict(zip(SPLITS, (int(v) for v in args.sizes.split(",")), strict=True))
     except ValueError:
         raise UserError(f"--sizes: expected three integers like 200,30,30, got {args.sizes!r}") from None
     path = make_demo_librimix(args.out_dir, args.seed, args.n_src, args.sample_rate, sizes,
-                              args.min_seconds, args.max_seconds)
+                              args.min_seconds, args.max_seconds, args.noisy)
     print(path)
 
 

@@ -141,3 +141,25 @@ def test_command_line(tmp_path):
     assert len(wav_files(os.path.join(proc.stdout.strip(), "dev", "s1"))) == 1
     with pytest.raises(UserError, match=r"--sizes: expected three integers like 200,30,30, got '2,1'"):
         main(["--out_dir", str(tmp_path / "x"), "--sizes", "2,1"])
+
+
+def test_noisy_set_like_librimix_with_wham(tmp_path):
+    root = make_tiny_librimix(tmp_path, sizes={"train-360": 2, "dev": 1, "test": 2}, noisy=True)
+    header, rows = read_csv(os.path.join(root, "metadata", "mixture_test_mix_both.csv"))
+    assert header == ["mixture_ID", "mixture_path", "source_1_path", "source_2_path", "noise_path",
+                      "length"]
+    single_header, single = read_csv(os.path.join(root, "metadata", "mixture_test_mix_single.csv"))
+    assert single_header == ["mixture_ID", "mixture_path", "source_1_path", "noise_path", "length"]
+    metrics_header, metrics = read_csv(os.path.join(root, "metadata", "metrics_test_mix_both.csv"))
+    assert metrics_header == ["mixture_ID", "source_1_SNR", "source_2_SNR", "noise_SNR"]
+    for (mixture_id, mix_path, s1_path, s2_path, noise_path, _), row_single, row_metrics in zip(
+            rows, single, metrics):
+        mix, s1, s2, noise = (read_float(p) for p in (mix_path, s1_path, s2_path, noise_path))
+        assert np.abs(mix - s1 - s2 - noise).max() <= 4 / 32768
+        assert np.abs(read_float(row_single[1]) - s1 - noise).max() <= 3 / 32768
+        clean = read_float(os.path.join(root, "test", "mix_clean", f"{mixture_id}.wav"))
+        assert np.abs(clean - s1 - s2).max() <= 3 / 32768           # same sources in both mixtures
+        noise_snr = 10 * np.log10(np.sum(noise.astype(float) ** 2) /
+                                  np.sum((mix - noise).astype(float) ** 2))
+        assert noise_snr == pytest.approx(float(row_metrics[3]), abs=0.05)
+        assert -20 < noise_snr < 0                                   # quieter than the speech

@@ -126,6 +126,20 @@ def test_libri3mix(tmp_path):
         run(data, tmp_path / "out2", n_src=2)
 
 
+def test_noisy_mixture_types(tmp_path):
+    data = make_tiny_librimix(tmp_path / "in", sizes={"train-360": 2, "dev": 1, "test": 2},
+                              noisy=True)
+    run(data, tmp_path / "both", splits="[test]", mix_type="mix_both")
+    index = load_split(str(tmp_path / "both"), "test", 2, 8000)
+    assert index.paths["mix"][0] == os.path.join(data, "test", "mix_both", f"{index.ids[0]}.wav")
+    assert np.array_equal(read_mindrecord_rows(index)[index.ids[1]][0],
+                          read_float(index.paths["mix"][1]))
+    run(data, tmp_path / "single", splits="[test]", mix_type="mix_single", n_src=1)
+    index = load_split(str(tmp_path / "single"), "test", 1, 8000)
+    assert sorted(index.paths) == ["mix", "s1"]
+    assert index.paths["mix"][1] == os.path.join(data, "test", "mix_single", f"{index.ids[1]}.wav")
+
+
 # ------------------------------------------------------------------------- broken input
 
 def damage(data, kind):
