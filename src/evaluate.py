@@ -1,0 +1,183 @@
+"""Scoring a separation model on whole utterances: SI-SNR(i) and SDR(i), per utterance and averaged.
+
+SI-SNR uses the numpy reference of `src/metrics.py` under the best permutation (PIT); SI-SNRi is
+the gain over the mixture itself. SDR is BSS Eval v3 (`mir_eval.separation.bss_eval_sources`,
+distortion filters of 512 taps, its own best permutation, as in the Conv-TasNet paper's scoring);
+SDRi is the gain over the mixture used as the estimate of every source. Each utterance is
+separated alone at its own length (no padding reaches the model), and utterances longer than
+`chunk_samples` go through the overlapping-chunk inference of `src/inference.py`.
+"""
+import csv
+import io
+import os
+import warnings
+
+import numpy as np
+
+from src.atomic import write_json, write_text
+from src.errors import UserError
+from src.inference import model_function, separate_in_chunks
+from src.metrics import si_snri
+
+CSV_COLUMNS = ("id", "length", "si_snr", "si_snri", "sdr", "sdri")
+RESULTS_CSV = "eval_results.csv"
+SUMMARY_JSON = "eval_summary.json"
+
+
+def sdr_improvement(estimates, references, mixture):
+    """BSS Eval v3 SDR of estimates [C, T] against references [C, T], and its gain over mixture [T].
+
+    Returns (sdr_mean, sdri_mean) in dB. Raises ValueError (mir_eval's) for a silent signal, for
+    which SDR is undefined.
+    """
+    from mir_eval.separation import bss_eval_sources
+    references = np.asarray(references, np.float64)
+    mixtures = np.broadcast_to(np.asarray(mixture, np.float64), references.shape)
+    with warnings.catch_warnings():
+        # mir_eval 0.8 marks bss_eval_sources deprecated (the requirements pin 0.8.2); it is the
+        # reference implementation of BSS Eval v3 that published SDR numbers use.
+        warnings.simplefilter("ignore", FutureWarning)
+        sdr = bss_eval_sources(references, np.asarray(estimates, np.float64))[0]
+        baseline = bss_eval_sources(references, mixtures, compute_permutation=False)[0]
+    return float(sdr.mean()), float((sdr - baseline).mean())
+
+
+def score_utterance(estimates, references, mixture, with_sdr=True):
+    """Scores of one utterance: estimates [C, T], references [C, T], mixture [T].
+
+    Returns (scores, reordered): scores is a dict with si_snr, si_snri (and sdr, sdri when
+    with_sdr), means over the C sources in dB; reordered [C, T] are the estimates in the order of
+    the references (best SI-SNR permutation).
+    """
+    mean_si_snr, mean_si_snri, perm = si_snri(estimates, references, mixture)
+    scores = {"si_snr": mean_si_snr, "si_snri": mean_si_snri}
+    if with_sdr:
+        scores["sdr"], scores["sdri"] = sdr_improvement(estimates, references, mixture)
+    return scores, np.asarray(estimates)[perm]
+
+
+def dynamic_model_function(net):
+    """A model_fn (numpy [1, t] -> [1, C, t]) for a cell, compiled once for every length.
+
+    In graph mode a cell compiles one graph per input shape; test utterances all differ in length.
+    The cell is wrapped in a cell with a dynamic time axis (set_inputs), so that `net` itself,
+    which training may be running with other shapes, is left as it is.
+    """
+    import mindspore as ms
+    from mindspore import nn
+
+    if isinstance(net, nn.GraphCell) or not isinstance(net, nn.Cell):
+        return model_function(net) if isinstance(net, nn.Cell) else net
+
+    class _AnyLength(nn.Cell):
+        def __init__(self, inner):
+            super().__init__(auto_prefix=False)
+            self.inner = inner
+
+        def construct(self, mixture):
+            return self.inner(mixture)
+
+    wrapper = _AnyLength(net)
+    wrapper.set_train(False)
+    wrapper.set_inputs(ms.Tensor(shape=[1, None], dtype=ms.float32))
+    return model_function(wrapper)
+
+
+def iterate_utterances(dataset, ids=None):
+    """(id, mixture [T], references [C, T]) of each utterance of a dataset of batches.
+
+    The dataset has columns mixture [batch, T], sources [batch, C, T], lengths [batch]; padding
+    beyond each length is cut off. `ids` names the utterances in order (default: their index).
+    """
+    index = 0
+    for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+        for row in range(len(batch["lengths"])):
+            length = int(batch["lengths"][row])
+            utt_id = str(ids[index]) if ids is not None and index < len(ids) else str(index)
+            yield (utt_id, batch["mixture"][row, :length].astype(np.float32),
+                   batch["sources"][row, :, :length].astype(np.float32))
+            index += 1
+
+
+def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
+             overlap_samples=0, align=1, progress=False, on_utterance=None):
+    """Separate and score every utterance of `dataset`.
+
+    Args:
+        net: a cell (ConvTasNet, nn.GraphCell) or a model_fn (numpy [1, t] -> [1, C, t]).
+        dataset: mindspore dataset with columns mixture [b, T], sources [b, C, T], lengths [b]
+            (src.dataset.create_eval_dataset).
+        ids: utterance names in dataset order.
+        n_src: the number of sources the model gives; a dataset with another number is an error.
+        with_sdr: also compute SDR and SDRi (BSS Eval v3; slower than SI-SNR).
+        chunk_samples, overlap_samples, align: utterances longer than chunk_samples (> 0) are
+            separated in overlapping chunks (src.inference.separate_in_chunks).
+        progress: show a tqdm progress bar.
+        on_utterance: called as on_utterance(index, id, mixture [T], estimates [C, T]) with the
+            estimates in the references' order.
+    Returns:
+        (rows, summary): rows is a list of dicts with keys CSV_COLUMNS (sdr, sdri None without
+        SDR), length in samples; summary holds their means, the number of utterances and the
+        total length in samples.
+    """
+    model_fn = dynamic_model_function(net)
+    total = len(ids) if ids is not None else None
+    utterances = iterate_utterances(dataset, ids)
+    if progress:
+        from tqdm import tqdm
+        utterances = tqdm(utterances, total=total, desc="evaluating", unit="utt")
+    rows = []
+    for index, (utt_id, mixture, references) in enumerate(utterances):
+        if n_src is not None and references.shape[0] != n_src:
+            raise UserError(f"n_src: the model separates {n_src} sources but utterance {utt_id} "
+                            f"has {references.shape[0]}")
+        estimates = separate_in_chunks(model_fn, mixture, chunk_samples, overlap_samples, align)
+        try:
+            scores, reordered = score_utterance(estimates, references, mixture, with_sdr)
+        except ValueError as err:
+            raise UserError(f"utterance {utt_id}: SDR is undefined ({str(err).split('.')[0]}); "
+                            "score without it (--eval_sdr=false)") from None
+        rows.append({"id": utt_id, "length": int(len(mixture)), "si_snr": scores["si_snr"],
+                     "si_snri": scores["si_snri"], "sdr": scores.get("sdr"),
+                     "sdri": scores.get("sdri")})
+        if on_utterance is not None:
+            on_utterance(index, utt_id, mixture, reordered)
+    return rows, summarize(rows)
+
+
+def summarize(rows):
+    """Means of the per-utterance scores: {'utterances', 'samples', 'si_snr', 'si_snri', 'sdr', 'sdri'}."""
+    if not rows:
+        raise UserError("the evaluation set is empty")
+    summary = {"utterances": len(rows), "samples": int(sum(r["length"] for r in rows))}
+    for key in ("si_snr", "si_snri", "sdr", "sdri"):
+        values = [r[key] for r in rows if r[key] is not None]
+        summary[key] = float(np.mean(values)) if values else None
+    return summary
+
+
+def write_results(directory, rows, summary, extra=None):
+    """Write the rows as CSV and the summary (plus `extra`, e.g. the checkpoint) as JSON, atomically.
+
+    Returns (csv_path, json_path).
+    """
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{row[k]:.4f}" if isinstance(row[k], float) else
+                             ("" if row[k] is None else row[k])) for k in CSV_COLUMNS})
+    csv_path = os.path.join(directory, RESULTS_CSV)
+    json_path = os.path.join(directory, SUMMARY_JSON)
+    write_text(csv_path, out.getvalue())
+    write_json(json_path, {**summary, **(extra or {})})
+    return csv_path, json_path
+
+
+def summary_line(summary):
+    """One line for the log: 'SI-SNR ... dB, SI-SNRi ... dB[, SDR ..., SDRi ...] over n utterances'."""
+    parts = [f"SI-SNR {summary['si_snr']:.2f} dB", f"SI-SNRi {summary['si_snri']:.2f} dB"]
+    if summary.get("sdri") is not None:
+        parts += [f"SDR {summary['sdr']:.2f} dB", f"SDRi {summary['sdri']:.2f} dB"]
+    return ", ".join(parts) + f" over {summary['utterances']} utterances"
+
