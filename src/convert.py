@@ -1,7 +1,8 @@
 """Pretrained PyTorch Conv-TasNet weights (Asteroid, torchaudio) as a checkpoint of this project.
 
 Reading: a PyTorch file (`torch.save`, zip format of PyTorch >= 1.6) is a zip archive holding a
-pickle (`<name>/data.pkl`) and one raw little-endian buffer per tensor storage (`<name>/data/<key>`).
+pickle (`<name>/data.pkl`) and one raw little-endian buffer per tensor storage
+(`<name>/data/<key>`).
 The pickle is read by an unpickler that resolves only an allow-list of globals to stand-ins defined
 here (tensors become numpy arrays, `TorchVersion` becomes a str); any other global is refused
 before anything is called, so no code from the file ever runs. torch is not needed.
@@ -143,25 +144,42 @@ def read_torch_file(path):
                 raise UserError(f"{path}: unreadable pickle ({str(err)[:160]})") from None
 
 
-_ASTEROID = [(r"encoder\.filterbank", "encoder"), (r"decoder\.filterbank", "decoder"),
-             (r"masker\.bottleneck\.0", "separator.layer_norm"),
-             (r"masker\.bottleneck\.1", "separator.bottleneck"),
-             (r"masker\.mask_net\.0", "separator.mask_prelu"),
-             (r"masker\.mask_net\.1", "separator.mask_conv"),
-             (r"masker\.TCN\.(\d+)\.res_conv", r"separator.blocks.\1.res_conv"),
-             (r"masker\.TCN\.(\d+)\.skip_conv", r"separator.blocks.\1.skip_conv")]
-_TORCHAUDIO = [(r"encoder", "encoder"), (r"decoder", "decoder"),
-               (r"mask_generator\.input_norm", "separator.layer_norm"),
-               (r"mask_generator\.input_conv", "separator.bottleneck"),
-               (r"mask_generator\.output_prelu", "separator.mask_prelu"),
-               (r"mask_generator\.output_conv", "separator.mask_conv"),
-               (r"mask_generator\.conv_layers\.(\d+)\.res_out", r"separator.blocks.\1.res_conv"),
-               (r"mask_generator\.conv_layers\.(\d+)\.skip_out", r"separator.blocks.\1.skip_conv")]
+# Module names of each library; {i} is a block's index.
+_LAYOUTS = {
+    "asteroid": dict(encoder="encoder.filterbank", decoder="decoder.filterbank",
+                     layer_norm="masker.bottleneck.0", bottleneck="masker.bottleneck.1",
+                     mask_prelu="masker.mask_net.0", mask_conv="masker.mask_net.1",
+                     block="masker.TCN.{i}", layers="shared_block", res_conv="res_conv",
+                     skip_conv="skip_conv", filters="_filters"),
+    "torchaudio": dict(encoder="encoder", decoder="decoder", layer_norm="mask_generator.input_norm",
+                       bottleneck="mask_generator.input_conv",
+                       mask_prelu="mask_generator.output_prelu",
+                       mask_conv="mask_generator.output_conv",
+                       block="mask_generator.conv_layers.{i}", layers="conv_layers",
+                       res_conv="res_out", skip_conv="skip_out", filters="weight"),
+}
+# The Sequential inside each block, in the same order in both libraries and in ConvBlock.
 _BLOCK_LAYERS = ("conv1x1", "prelu1", "norm1", "dconv", "prelu2", "norm2")
-for _i, _layer in enumerate(_BLOCK_LAYERS):   # the Sequential inside each block, same in both
-    _ASTEROID.append((rf"masker\.TCN\.(\d+)\.shared_block\.{_i}", rf"separator.blocks.\1.{_layer}"))
-    _TORCHAUDIO.append((rf"mask_generator\.conv_layers\.(\d+)\.conv_layers\.{_i}",
-                        rf"separator.blocks.\1.{_layer}"))
+
+
+def _pattern(name):
+    """A module name with {i} as a regular expression capturing the block index."""
+    return re.escape(name).replace(re.escape("{i}"), r"(\d+)")
+
+
+def _rules(kind):
+    """[(library module pattern, this project's module name)] for `kind`."""
+    layout = _LAYOUTS[kind]
+    rules = [(_pattern(layout[name]), name) for name in ("encoder", "decoder")]
+    rules += [(_pattern(layout[name]), f"separator.{name}")
+              for name in ("layer_norm", "bottleneck", "mask_prelu", "mask_conv")]
+    rules += [(_pattern(f"{layout['block']}.{layout[name]}"), rf"separator.blocks.\1.{name}")
+              for name in ("res_conv", "skip_conv")]
+    rules += [(_pattern(f"{layout['block']}.{layout['layers']}.{i}"),
+               rf"separator.blocks.\1.{name}") for i, name in enumerate(_BLOCK_LAYERS)]
+    return rules
+
+
 # Tensor names of torch modules -> candidate names in this project's cells.
 _LEAVES = {"weight": ("weight", "gamma", "w"), "bias": ("bias", "beta"), "_filters": ("weight",),
            "gamma": ("gamma",), "beta": ("beta",), "running_mean": ("moving_mean",),
@@ -190,8 +208,9 @@ def detect_format(obj, path):
         return "asteroid", obj, model_args
     if any(k.startswith("mask_generator.") for k in keys):
         return "torchaudio", obj, model_args
+    shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
     raise UserError(f"{path}: no Asteroid (masker.*) or torchaudio (mask_generator.*) ConvTasNet "
-                    f"tensors found (keys: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
+                    f"tensors found (keys: {shown})")
 
 
 def _shape(state, key, path):
@@ -227,15 +246,18 @@ def asteroid_config(model_args, path):
               ("stride", arg("stride") * 2 == arg("kernel_size"), "kernel_size / 2"),
               ("causal", not arg("causal", False),
                "false (a causal Asteroid encoder is not aligned like this project's)"),
-              ("encoder_activation", arg("encoder_activation", "linear") in (None, "linear", "relu"),
+              ("encoder_activation",
+               arg("encoder_activation", "linear") in (None, "linear", "relu"),
                "none, linear or relu")]
     for key, ok, expected in checks:
         if not ok:
-            raise UserError(f"{path}: model_args {key}={model_args.get(key)!r}: expected {expected}")
+            raise UserError(f"{path}: model_args {key}={model_args.get(key)!r}: "
+                            f"expected {expected}")
     N = arg("n_filters")
     for key in ("in_chan", "out_chan"):
         if model_args.get(key) not in (None, N):
-            raise UserError(f"{path}: model_args {key}={model_args[key]} differs from n_filters={N}")
+            raise UserError(f"{path}: model_args {key}={model_args[key]} differs from "
+                            f"n_filters={N}")
     return dict(N=N, L=arg("kernel_size"), B=arg("bn_chan"), H=arg("hid_chan"),
                 Sc=arg("skip_chan") or 0, P=arg("conv_kernel_size"), X=arg("n_blocks"),
                 R=arg("n_repeats"), n_src=arg("n_src"), norm_type=norms[arg("norm_type", "gLN")],
@@ -249,19 +271,16 @@ def state_dict_config(kind, state, cfg, path):
 
     Returns (settings, assumed): `assumed` names the settings a state_dict does not record.
     """
-    if kind == "asteroid":
-        names = dict(encoder="encoder.filterbank._filters", bottleneck="masker.bottleneck.1.weight",
-                     block="masker.TCN.0.shared_block.{}.weight", skip="masker.TCN.0.skip_conv.weight",
-                     mask="masker.mask_net.1.weight", blocks=r"masker\.TCN\.(\d+)\.")
-        if "masker.TCN.0.shared_block.3.0.weight" in state:
-            raise UserError(f"{path}: a causal Asteroid model; its encoder is not aligned like "
-                            "this project's causal model")
-    else:
-        names = dict(encoder="encoder.weight", bottleneck="mask_generator.input_conv.weight",
-                     block="mask_generator.conv_layers.0.conv_layers.{}.weight",
-                     skip="mask_generator.conv_layers.0.skip_out.weight",
-                     mask="mask_generator.output_conv.weight",
-                     blocks=r"mask_generator\.conv_layers\.(\d+)\.")
+    if kind == "asteroid" and "masker.TCN.0.shared_block.3.0.weight" in state:
+        raise UserError(f"{path}: a causal Asteroid model; its encoder is not aligned like "
+                        "this project's causal model")
+    layout = _LAYOUTS[kind]
+    block = layout["block"].format(i=0)
+    names = dict(encoder=f"{layout['encoder']}.{layout['filters']}",
+                 bottleneck=f"{layout['bottleneck']}.weight",
+                 block=f"{block}.{layout['layers']}.{{}}.weight",
+                 skip=f"{block}.{layout['skip_conv']}.weight", mask=f"{layout['mask_conv']}.weight",
+                 blocks=_pattern(layout["block"]))
     N, _, L = _shape(state, names["encoder"], path)
     B = _shape(state, names["bottleneck"], path)[0]
     H = _shape(state, names["block"].format(0), path)[0]
@@ -290,13 +309,12 @@ def map_parameters(kind, state, targets, path):
     Every tensor must find its parameter with the same number of elements (torch's [out, in, k]
     convolution weights become [out, in, 1, k]); a mismatch raises UserError naming both.
     """
-    rules = _ASTEROID if kind == "asteroid" else _TORCHAUDIO
+    rules = _rules(kind)
     params = {}
     for key, value in state.items():
         module, _, leaf = key.rpartition(".")
         if leaf in _IGNORED_LEAVES:
             continue
-        module = module[:-2] if kind == "asteroid" and module.endswith("shared_block.3.0") else module
         prefix = next((re.sub(f"^{pattern}$", target, module) for pattern, target in rules
                        if re.fullmatch(pattern, module)), None)
         candidates = [f"{prefix}.{sub}{name}" for name in _LEAVES.get(leaf, ())
@@ -306,8 +324,9 @@ def map_parameters(kind, state, targets, path):
             raise UserError(f"{path}: tensor '{key}' has no place in this project's ConvTasNet "
                             "(another architecture, or a configuration with other sizes)")
         name, value = found[0], np.asarray(value)
+        squeezed = tuple(d for d in value.shape if d != 1)
         if value.size != int(np.prod(targets[name])) or \
-                tuple(d for d in value.shape if d != 1) != tuple(d for d in targets[name] if d != 1):
+                squeezed != tuple(d for d in targets[name] if d != 1):
             raise UserError(f"{path}: tensor '{key}' has shape {tuple(value.shape)} but the model "
                             f"configured from the file needs {tuple(targets[name])} for '{name}'")
         params[name] = value.astype(np.float32).reshape(targets[name])

@@ -37,7 +37,7 @@ def list_inputs(path):
 
 
 def output_stems(files, output_dir):
-    """Output name stems in `output_dir`, one per input; inputs sharing a stem keep their extension."""
+    """Output name stems in `output_dir`, one per input; a shared stem gets the extension added."""
     stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
     return [os.path.join(output_dir, stem if stems.count(stem) == 1
                          else f"{stem}_{os.path.splitext(f)[1].lstrip('.').lower()}")
@@ -197,7 +197,9 @@ def chunking(cfg):
 
 
 def run_separation(cfg, log=print):
-    """separate.py: check the settings, load the model, separate every input; UserError if any failed."""
+    """separate.py: check the settings, load the model, separate every input.
+
+    Raises UserError when any input failed (after all were attempted)."""
     from src.inference import load_model
 
     for key in ("model_path", "input"):
