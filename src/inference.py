@@ -17,6 +17,8 @@ then every chunk sees the encoder frames of the whole signal at the same positio
 with a finite receptive field (BN, or any model away from global normalization effects) gives
 the whole-signal result away from the chunk borders.
 """
+import os
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -159,7 +161,6 @@ def load_model(cfg, path):
     fixed input length (cfg.input_length > 0) gets every chunk zero-padded to that length; its
     model_fn has `max_samples` set to that length.
     """
-    import os
     import mindspore as ms
     from mindspore import nn
 
@@ -173,7 +174,20 @@ def load_model(cfg, path):
         except (RuntimeError, ValueError, OSError) as err:
             raise UserError(f"{path}: not a readable MINDIR ({str(err).splitlines()[0][:160]})") \
                 from None
-        run = model_function(net)
+        graph_fn = model_function(net)
+
+        def run(mixture):
+            try:
+                estimates = graph_fn(mixture)
+                problem = None if estimates.shape[-1] == mixture.shape[-1] else \
+                    f"it returned {estimates.shape[-1]} samples"
+            except (RuntimeError, ValueError) as err:
+                problem = str(err).splitlines()[0][:100]
+            if problem:
+                raise UserError(f"{path}: the MINDIR refused an input of {mixture.shape[-1]} "
+                                "samples; if it was exported with a fixed length, pass that "
+                                f"--input_length ({problem})")
+            return estimates
         fixed = int(getattr(cfg, "input_length", 0) or 0)
         if fixed <= 0:
             return run

@@ -113,10 +113,12 @@ def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, ali
                                     join_tail=not fixed_length)
         estimates = _resampled(estimates, cfg.sample_rate, rate, channels=cfg.n_src)
         with contextlib.ExitStack() as stack:
-            sinks = [sf.SoundFile(stack.enter_context(atomic_output(o)), "w", samplerate=rate,
-                                  channels=1, format="WAV", subtype="FLOAT") for o in outputs]
-            for sink in sinks:
-                stack.callback(sink.close)
+            sinks = []
+            for output in outputs:
+                sinks.append(sf.SoundFile(stack.enter_context(atomic_output(output)), "w",
+                                          samplerate=rate, channels=1, format="WAV",
+                                          subtype="FLOAT"))
+                stack.callback(sinks[-1].close)      # closed before its file is renamed
             written = 0
             for block in estimates:
                 block = block[:, :frames - written]     # resampling may round one sample over

@@ -165,6 +165,14 @@ def test_mindir_model(models, tmp_path, input_length):
     if input_length:
         # Chunks of 1600 samples; away from their borders the result is the whole-file one.
         np.testing.assert_allclose(out[:, 200:1000], whole[:, 200:1000], atol=1e-4)
+        # Without --input_length, the fixed-length model cannot take the whole file.
+        cfg = load_config([f"--config_path={directory}/bn.yaml",
+                           f"--model_path={tmp_path}/bn.mindir", f"--input={tmp_path}/a.wav",
+                           f"--output_dir={tmp_path}/out2"])
+        model_fn = load_model(cfg, cfg.model_path)
+        for length in (3000, 8000):      # a shape error, or a reshape that happens to fit
+            with pytest.raises(UserError, match=f"MINDIR refused an input of {length} samples"):
+                model_fn(np.zeros((1, length), np.float32))
     else:
         np.testing.assert_allclose(out, whole, atol=1e-5)
 
