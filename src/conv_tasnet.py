@@ -196,6 +196,8 @@ class ConvTasNet(nn.Cell):
                                          mask_nonlinear)
         self.decoder = nn.Conv1dTranspose(N, 1, L, stride=self.stride, has_bias=False,
                                           pad_mode="valid")
+        # ops.Pad (constant paddings) rather than ops.pad (PadV3): the ONNX converter has no PadV3.
+        self.input_pad = ops.Pad(((0, 0), (self.front_pad, edge_pad + L)))
 
     def num_frames(self, length):
         """Encoder frames K for an input of `length` samples."""
@@ -213,7 +215,7 @@ class ConvTasNet(nn.Cell):
         span = (frames - 1) * self.stride + self.L
         # A constant end padding cut to the frames' span: a MINDIR with a dynamic time axis
         # cannot hold a padding that depends on the length.
-        x = ops.pad(mixture, (self.front_pad, self.edge_pad + self.L))[:, :span].expand_dims(1)
+        x = self.input_pad(mixture)[:, :span].expand_dims(1)
         w = self.encoder(x)                                    # [batch, N, K]
         if self.encoder_relu:
             w = ops.relu(w)
