@@ -90,6 +90,9 @@ class ConvBlock(nn.Cell):
         pad = (P - 1) * dilation
         # Causal: all padding in the past; otherwise half on each side.
         self.pad = (pad, 0) if causal else (pad // 2, pad - pad // 2)
+        # ops.Pad, not ops.pad: in GRAPH mode on CPU (MindSpore 2.7.1) the gradient of ops.pad
+        # (PadV3) is wrong from the second training step on; ops.Pad's is right.
+        self.pad_op = ops.Pad(((0, 0), (0, 0), self.pad))
         self.dconv = nn.Conv1d(H, H, P, dilation=dilation, group=H, has_bias=True,
                                pad_mode="valid")
         self.prelu2 = nn.PReLU()
@@ -99,7 +102,7 @@ class ConvBlock(nn.Cell):
 
     def construct(self, x):
         y = self.norm1(self.prelu1(self.conv1x1(x)))
-        y = ops.pad(y, self.pad)
+        y = self.pad_op(y)
         y = self.norm2(self.prelu2(self.dconv(y)))
         residual = self.res_conv(y)
         if self.skip_conv is None:
