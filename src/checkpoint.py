@@ -3,6 +3,7 @@ import os
 
 import mindspore as ms
 
+from src.atomic import atomic_output
 from src.conv_tasnet import ConvTasNet, model_kwargs
 from src.errors import UserError
 
@@ -36,6 +37,15 @@ def load_weights(net, path, params=None):
     ms.load_param_into_net(net, {name: params[name] for name, _ in net.parameters_and_names()},
                            strict_load=True)
     return net
+
+
+def save_checkpoint(cell, path, extra=None):
+    """Save every parameter of `cell` and the entries of `extra` ({name: int, float or str}).
+
+    Written to a temporary file and renamed, so `path` always holds a complete checkpoint.
+    """
+    with atomic_output(path) as tmp:
+        ms.save_checkpoint(cell, tmp, append_dict=extra)
 
 
 def load_network(cfg, path=None):

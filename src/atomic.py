@@ -1,0 +1,55 @@
+"""Writing outputs under a temporary name and renaming them into place.
+
+A run killed at any moment (even by SIGKILL) then leaves either the previous complete file or the
+new complete file under the real name, never a partial one.
+"""
+import contextlib
+import json
+import os
+import tempfile
+
+import yaml
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path next to `path`; rename it to `path` when the block succeeds.
+
+    The temporary name keeps the extension of `path` (some writers, such as MindSpore's
+    `save_checkpoint`, add one otherwise). On an exception the temporary file is removed.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path, text):
+    """Write a text file atomically."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def write_json(path, obj):
+    """Write `obj` as indented JSON atomically."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_yaml(path, mapping):
+    """Write a mapping as YAML (safe_dump, keys in the given order) atomically."""
+    write_text(path, yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True))
