@@ -9,12 +9,14 @@ separated alone at its own length (no padding reaches the model), and utterances
 """
 import csv
 import io
+import json
 import os
 import warnings
 
 import numpy as np
 
 from src.atomic import write_json, write_text
+from src.audio import write_audio
 from src.errors import UserError
 from src.inference import model_function, separate_in_chunks
 from src.metrics import si_snri
@@ -100,7 +102,8 @@ def iterate_utterances(dataset, ids=None):
 
 
 def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
-             overlap_samples=0, align=1, progress=False, on_utterance=None):
+             overlap_samples=0, align=1, progress=False, on_utterance=None, done=None,
+             on_row=None):
     """Separate and score every utterance of `dataset`.
 
     Args:
@@ -115,6 +118,8 @@ def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
         progress: show a tqdm progress bar.
         on_utterance: called as on_utterance(index, id, mixture [T], estimates [C, T]) with the
             estimates in the references' order.
+        done: {id: row} of utterances scored before (a resumed run): taken as they are.
+        on_row: called with each new row once it is complete.
     Returns:
         (rows, summary): rows is a list of dicts with keys CSV_COLUMNS (sdr, sdri None without
         SDR), length in samples; summary holds their means, the number of utterances and the
@@ -128,6 +133,9 @@ def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
         utterances = tqdm(utterances, total=total, desc="evaluating", unit="utt")
     rows = []
     for index, (utt_id, mixture, references) in enumerate(utterances):
+        if done and utt_id in done:
+            rows.append(done[utt_id])
+            continue
         if n_src is not None and references.shape[0] != n_src:
             raise UserError(f"n_src: the model separates {n_src} sources but utterance {utt_id} "
                             f"has {references.shape[0]}")
@@ -142,6 +150,8 @@ def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
                      "sdri": scores.get("sdri")})
         if on_utterance is not None:
             on_utterance(index, utt_id, mixture, reordered)
+        if on_row is not None:
+            on_row(rows[-1])
     return rows, summarize(rows)
 
 
@@ -181,3 +191,92 @@ def summary_line(summary):
         parts += [f"SDR {summary['sdr']:.2f} dB", f"SDRi {summary['sdri']:.2f} dB"]
     return ", ".join(parts) + f" over {summary['utterances']} utterances"
 
+
+
+class Journal:
+    """The rows scored so far, appended to a file as they come, so that a killed run resumes.
+
+    The first line records what the rows depend on (`key`); a journal with another key, or none,
+    starts afresh. A last line cut off by a kill is ignored.
+    """
+
+    def __init__(self, path, key):
+        self.path, self.key = path, key
+        self.done = {}
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            if lines and _loads(lines[0]) == key:
+                for line in lines[1:]:
+                    row = _loads(line)
+                    if isinstance(row, dict) and set(row) == set(CSV_COLUMNS):
+                        self.done[row["id"]] = row
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_text(path, "".join(json.dumps(x) + "\n" for x in [key, *self.done.values()]))
+        self.file = open(path, "a", encoding="utf-8")
+
+    def append(self, row):
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def finish(self):
+        self.file.close()
+        os.remove(self.path)
+
+
+def _loads(line):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def wav_writer(directory, count, sample_rate):
+    """on_utterance that writes the estimates of the first `count` utterances as <id>_s<j>.wav."""
+    def write(index, utt_id, mixture, estimates):
+        if index < count:
+            for j, signal in enumerate(estimates, 1):
+                write_audio(os.path.join(directory, f"{utt_id}_s{j}.wav"), signal, sample_rate,
+                            subtype="FLOAT")
+    return write
+
+
+def run_evaluation(cfg, log=print):
+    """eval.py: score cfg.ckpt_file on the split cfg.test_name of cfg.data_dir.
+
+    Writes eval_results.csv, eval_summary.json (and with save_wav, wav/) into
+    <output_dir>/eval_<test_name>/. Returns (rows, summary).
+    """
+    from src.checkpoint import load_network
+    from src.dataset import create_eval_dataset
+    from src.model_utils.device import init_device
+
+    if cfg.save_wav < 0:
+        raise UserError(f"save_wav: expected a number of utterances >= 0, got {cfg.save_wav}")
+    if cfg.chunk_seconds < 0 or cfg.chunk_overlap < 0:
+        raise UserError("chunk_seconds, chunk_overlap: expected seconds >= 0")
+    init_device(cfg)
+    net = load_network(cfg)
+    dataset, ids = create_eval_dataset(cfg, cfg.test_name)
+    eval_dir = os.path.join(cfg.output_dir, f"eval_{cfg.test_name}")
+    chunk = int(round(cfg.chunk_seconds * cfg.sample_rate))
+    overlap = int(round(cfg.chunk_overlap * cfg.sample_rate))
+    ckpt = os.path.abspath(cfg.ckpt_file)
+    key = {"ckpt_file": ckpt, "ckpt_mtime": os.path.getmtime(ckpt),
+           "data_dir": os.path.abspath(cfg.data_dir), "test_name": cfg.test_name,
+           "eval_sdr": cfg.eval_sdr, "chunk_samples": chunk, "overlap_samples": overlap}
+    journal = Journal(os.path.join(eval_dir, ".eval_progress.jsonl"), key)
+    if journal.done:
+        log(f"resuming: {len(journal.done)} of {len(ids)} utterances already scored")
+    rows, summary = evaluate(net, dataset, ids, cfg.n_src, cfg.eval_sdr, chunk, overlap,
+                             align=net.stride, progress=True, done=journal.done,
+                             on_utterance=wav_writer(os.path.join(eval_dir, "wav"),
+                                                     cfg.save_wav, cfg.sample_rate),
+                             on_row=journal.append)
+    csv_path, json_path = write_results(eval_dir, rows, summary,
+                                        {"ckpt_file": ckpt, "test_name": cfg.test_name,
+                                         "chunk_seconds": cfg.chunk_seconds})
+    journal.finish()
+    log(f"{cfg.test_name}: {summary_line(summary)}")
+    log(f"per-utterance scores: {csv_path}; summary: {json_path}")
+    return rows, summary

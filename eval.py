@@ -1,0 +1,21 @@
+"""Score a trained Conv-TasNet on whole test utterances: SI-SNRi and SDRi.
+
+    python eval.py --config_path=<output_dir>/config.yaml --ckpt_file=<checkpoint> \
+        [--data_dir=./data] [--test_name=test] [--save_wav=N] [--eval_sdr=true] [--chunk_seconds=0]
+
+Writes per-utterance scores (eval_results.csv) and their means (eval_summary.json) to
+<output_dir>/eval_<test_name>/, and the separated sources of N utterances to its wav/ folder.
+A run that is stopped resumes where it was on the next call with the same settings.
+"""
+from src.errors import run_main
+from src.model_utils.config import load_config
+
+
+def main():
+    cfg = load_config(description="Score a Conv-TasNet checkpoint on the test set (SI-SNRi, SDRi)")
+    from src.evaluate import run_evaluation
+    run_evaluation(cfg)
+
+
+if __name__ == "__main__":
+    run_main(main)

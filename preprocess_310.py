@@ -1,0 +1,24 @@
+"""Write the test set as .bin inputs for the offline (Ascend 310 or CPU) inference pipeline.
+
+    python preprocess_310.py --config_path=<config.yaml> --mindir_path=conv_tasnet.mindir \
+        --data_dir=./data [--test_name=test] [--infer_dir=./infer_310] [--chunk_seconds=0]
+
+The MINDIR's input shape decides the layout: whole utterances for a dynamic time axis, chunks
+zero-padded to its length for a fixed one. Output: <infer_dir>/preprocess_Result/.
+"""
+import os
+
+from src.errors import UserError, run_main
+from src.model_utils.config import load_config
+
+
+def main():
+    cfg = load_config(description="Write test mixtures as .bin files for offline inference")
+    from src.infer_310 import PREPROCESS_DIR, preprocess
+    if not cfg.mindir_path:
+        raise UserError("mindir_path: expected the exported MINDIR (--mindir_path=...)")
+    preprocess(cfg, cfg.mindir_path, os.path.join(cfg.infer_dir, PREPROCESS_DIR))
+
+
+if __name__ == "__main__":
+    run_main(main)

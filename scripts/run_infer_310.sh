@@ -1,0 +1,114 @@
+#!/bin/bash
+# Offline inference of an exported MINDIR over the test split: on Ascend 310 with the C++ app of
+# ascend310_infer/, or with DEVICE_TARGET=CPU through MindSpore on CPU (the same .bin files, the
+# same postprocessing). Steps: preprocess -> build -> infer -> postprocess, each with its log in
+# INFER_DIR; acc.log ends with "Average SISNR improvement: X".
+#
+# Usage: bash scripts/run_infer_310.sh [MINDIR_PATH] [DATA_PATH] [NEED_PREPROCESS] [DEVICE_ID]
+#   MINDIR_PATH      the model written by export.py (dynamic or fixed --input_length)
+#   DATA_PATH        the folder written by preprocess.py; its split `test_name` is scored
+#   NEED_PREPROCESS  y: write the .bin inputs anew; n: reuse INFER_DIR/preprocess_Result
+#   DEVICE_ID        Ascend device index (default 0; not used on CPU)
+# Environment:
+#   DEVICE_TARGET    Ascend (default) or CPU
+#   CONFIG_PATH      the configuration the model was trained with (default: default_config.yaml)
+#   INFER_DIR        working folder for inputs, results and logs (default: ./infer_310)
+#   PYTHON           the Python with MindSpore (default: the project's .venv, else python3)
+#   ASCEND_HOME_PATH the Ascend toolkit (default: /usr/local/Ascend/ascend-toolkit/latest)
+set -u
+
+usage() {
+    echo "Usage: bash $0 [MINDIR_PATH] [DATA_PATH] [NEED_PREPROCESS y|n] [DEVICE_ID]" >&2
+    echo "       (DEVICE_TARGET=CPU runs the pipeline with MindSpore on CPU; see the script's header)" >&2
+}
+abs_path() {
+    realpath -m -- "$1"
+}
+
+if [ $# -lt 3 ] || [ $# -gt 4 ]; then
+    usage
+    exit 1
+fi
+MINDIR_PATH=$(abs_path "$1")
+DATA_PATH=$(abs_path "$2")
+NEED_PREPROCESS=$3
+DEVICE_ID=${4:-0}
+DEVICE_TARGET=${DEVICE_TARGET:-Ascend}
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CONFIG_PATH=$(abs_path "${CONFIG_PATH:-$ROOT/default_config.yaml}")
+INFER_DIR=$(abs_path "${INFER_DIR:-./infer_310}")
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export GLOG_v="${GLOG_v:-3}"
+
+if [ ! -f "$MINDIR_PATH" ]; then echo "error: $MINDIR_PATH: MINDIR file not found" >&2; exit 1; fi
+if [ ! -d "$DATA_PATH" ]; then echo "error: $DATA_PATH: data folder not found" >&2; exit 1; fi
+if [ ! -f "$CONFIG_PATH" ]; then echo "error: $CONFIG_PATH: config file not found" >&2; exit 1; fi
+case "$NEED_PREPROCESS" in
+    y|Y) NEED_PREPROCESS=y ;;
+    n|N) NEED_PREPROCESS=n ;;
+    *) echo "error: NEED_PREPROCESS: expected y or n, got '$NEED_PREPROCESS'" >&2; exit 1 ;;
+esac
+if ! [[ "$DEVICE_ID" =~ ^[0-9]+$ ]]; then
+    echo "error: DEVICE_ID: expected a device index, got '$DEVICE_ID'" >&2
+    exit 1
+fi
+if [ "$DEVICE_TARGET" != "Ascend" ] && [ "$DEVICE_TARGET" != "CPU" ]; then
+    echo "error: DEVICE_TARGET: expected Ascend or CPU, got '$DEVICE_TARGET'" >&2
+    exit 1
+fi
+mkdir -p "$INFER_DIR" || exit 1
+COMMON=(--config_path="$CONFIG_PATH" --mindir_path="$MINDIR_PATH" --infer_dir="$INFER_DIR")
+
+# run_step NAME LOG COMMAND...: runs the command with its output in LOG; stops the script on failure.
+run_step() {
+    local name=$1 log=$2
+    shift 2
+    echo "$name ... (log: $log)"
+    if ! "$@" > "$log" 2>&1; then
+        echo "error: $name failed; the end of $log:" >&2
+        tail -n 5 "$log" >&2
+        exit 1
+    fi
+}
+
+if [ "$DEVICE_TARGET" == "Ascend" ]; then
+    ASCEND_HOME_PATH=${ASCEND_HOME_PATH:-/usr/local/Ascend/ascend-toolkit/latest}
+    if [ ! -d "$ASCEND_HOME_PATH" ]; then
+        echo "error: no Ascend toolkit at $ASCEND_HOME_PATH (set ASCEND_HOME_PATH); on a host" \
+             "without Ascend, run the same pipeline on CPU with DEVICE_TARGET=CPU" >&2
+        exit 1
+    fi
+    if [ -f "$ASCEND_HOME_PATH/../set_env.sh" ]; then
+        # shellcheck disable=SC1091
+        source "$ASCEND_HOME_PATH/../set_env.sh"
+    fi
+fi
+
+if [ "$NEED_PREPROCESS" == "y" ]; then
+    run_step "preprocess" "$INFER_DIR/preprocess.log" \
+        "$PYTHON" "$ROOT/preprocess_310.py" "${COMMON[@]}" --data_dir="$DATA_PATH"
+elif [ ! -f "$INFER_DIR/preprocess_Result/manifest.json" ]; then
+    echo "error: $INFER_DIR/preprocess_Result: no preprocessed inputs; pass NEED_PREPROCESS=y" >&2
+    exit 1
+fi
+
+RESULT_PATH="$INFER_DIR/result_Files"
+rm -rf "$RESULT_PATH"
+if [ "$DEVICE_TARGET" == "Ascend" ]; then
+    MINDSPORE_PATH=$("$PYTHON" -c "import os, mindspore; print(os.path.dirname(mindspore.__file__))") || {
+        echo "error: $PYTHON cannot import mindspore" >&2; exit 1; }
+    run_step "build" "$INFER_DIR/build.log" bash "$ROOT/ascend310_infer/build.sh" "$MINDSPORE_PATH"
+    run_step "infer" "$INFER_DIR/infer.log" "$ROOT/ascend310_infer/out/main" \
+        --mindir_path="$MINDIR_PATH" --input_path="$INFER_DIR/preprocess_Result/00_data" \
+        --output_path="$RESULT_PATH" --device_id="$DEVICE_ID"
+else
+    run_step "infer (MindSpore on CPU)" "$INFER_DIR/infer.log" \
+        "$PYTHON" -m src.infer_310 "${COMMON[@]}"
+fi
+tail -n 1 "$INFER_DIR/infer.log"
+
+run_step "postprocess" "$INFER_DIR/acc.log" "$PYTHON" "$ROOT/postprocess.py" "${COMMON[@]}"
+cat "$INFER_DIR/acc.log"

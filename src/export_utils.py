@@ -1,0 +1,119 @@
+"""Exporting a trained network for deployment (MINDIR, AIR, ONNX) and checking the exported file.
+
+The exported graph takes a mixture [1, T] and gives estimates [1, C, T]. With `input_length` 0 the
+time axis is dynamic (`Tensor(shape=[1, None])`): one MINDIR serves utterances of any length. With
+`input_length` > 0 the graph takes exactly that many samples (for runtimes that need static
+shapes); longer signals then go through it in chunks (src/inference.py, preprocess_310.py).
+A MINDIR is loaded back with `mindspore.load` + `nn.GraphCell` and must give the cell's output.
+"""
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from src.errors import UserError
+
+EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
+DYNAMIC = -1
+
+
+def export_input(input_length):
+    """The example input of the export: [1, None] float32 for 0 (dynamic), else zeros [1, length]."""
+    import mindspore as ms
+    if input_length < 0:
+        raise UserError(f"input_length: expected 0 (dynamic) or a number of samples, "
+                        f"got {input_length}")
+    if input_length == 0:
+        return ms.Tensor(shape=[1, None], dtype=ms.float32)
+    return ms.Tensor(np.zeros((1, input_length), np.float32))
+
+
+def _first_line(err):
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(err).__name__
+
+
+def export_network(net, file_name, file_format="MINDIR", input_length=0, device_target="CPU"):
+    """Export `net` to `file_name` + the format's extension, atomically. Returns the path written.
+
+    AIR needs the Ascend toolkit (device_target Ascend). Failures of the converter (an operator
+    without an ONNX counterpart, a dynamic shape in ONNX) are UserErrors that say why.
+    """
+    import mindspore as ms
+    if file_format not in EXTENSIONS:
+        raise UserError(f"file_format: expected one of {sorted(EXTENSIONS)}, got {file_format!r}")
+    if file_format == "AIR" and device_target != "Ascend":
+        raise UserError(f"file_format: AIR is written by the Ascend toolkit; run with "
+                        f"--device_target=Ascend on an Ascend host (got {device_target}), or "
+                        "export MINDIR")
+    if file_format == "ONNX" and input_length == 0:
+        raise UserError("input_length: MindSpore exports ONNX with fixed shapes only; "
+                        "pass --input_length=<samples>")
+    example = export_input(input_length)
+    extension = EXTENSIONS[file_format]
+    stem = file_name[:-len(extension)] if file_name.lower().endswith(extension) else file_name
+    path = os.path.abspath(stem + extension)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".tmp-export-", dir=directory)
+    try:
+        tmp_stem = os.path.join(tmp_dir, "model")
+        ms.export(net, example, file_name=tmp_stem, file_format=file_format)
+        os.replace(tmp_stem + extension, path)
+    except (RuntimeError, ValueError, TypeError) as err:
+        why = _first_line(err)
+        if file_format == "ONNX":
+            why += " (MindSpore's ONNX converter lacks an operator of this graph; export MINDIR)"
+        raise UserError(f"file_format: {file_format} export failed: {why}") from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
+
+
+def mindir_input_shape(path):
+    """The input shape stored in a MINDIR file, e.g. [1, -1] (dynamic time axis) or [1, 32000]."""
+    from mindspore.train import mind_ir_pb2
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: MINDIR file not found")
+    model = mind_ir_pb2.ModelProto()
+    try:
+        with open(path, "rb") as f:
+            model.ParseFromString(f.read())
+        dims = [int(d) for d in model.graph.input[0].tensor[0].dims]
+    except Exception as err:  # protobuf raises its own DecodeError; anything else is unreadable too
+        raise UserError(f"{path}: not a readable MINDIR ({_first_line(err)})") from None
+    if len(dims) != 2 or dims[0] != 1:
+        raise UserError(f"{path}: expected a model of input [1, T], found input shape {dims}")
+    return dims
+
+
+def load_mindir(path):
+    """An nn.GraphCell running the MINDIR at `path`."""
+    import mindspore as ms
+    from mindspore import nn
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: MINDIR file not found")
+    try:
+        return nn.GraphCell(ms.load(path))
+    except (RuntimeError, ValueError, OSError) as err:
+        raise UserError(f"{path}: not a readable MINDIR ({_first_line(err)})") from None
+
+
+def check_mindir(net, path, lengths, seed=0):
+    """Run the MINDIR at `path` and the cell `net` on random mixtures of each length.
+
+    Returns the largest absolute difference of their outputs over all lengths.
+    """
+    import mindspore as ms
+    graph = load_mindir(path)
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for length in lengths:
+        x = ms.Tensor((0.1 * rng.standard_normal((1, length))).astype(np.float32))
+        expected = net(x).asnumpy()
+        got = graph(x).asnumpy()
+        if got.shape != expected.shape:
+            raise RuntimeError(f"{path}: output shape {got.shape}, the cell gives {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
