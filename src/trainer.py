@@ -12,6 +12,7 @@ rank 0 writes the checkpoints (see src/train_state.py) and the curves (src/curve
 a NaN/inf loss or gradient is skipped and logged; max_nonfinite_steps of them in a row stop the run
 with an error and leave the last checkpoint as it was.
 """
+import hashlib
 import math
 import os
 import sys
@@ -168,7 +169,18 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
             if improved:
                 save_train_checkpoint(step_cell, best_path(out_dir), state)
             write_curves(state.history, out_dir)
+    # Equal on every rank of a data-parallel run: the ranks' logs can be compared.
+    log(f"finished after {state.epoch} epochs; parameters sha1 {parameters_digest(net)}")
     return state
+
+
+def parameters_digest(net):
+    """SHA-1 of the network's parameter values, in name order."""
+    digest = hashlib.sha1()
+    for param in sorted(net.get_parameters(), key=lambda p: p.name):
+        digest.update(param.name.encode())
+        digest.update(param.asnumpy().tobytes())
+    return digest.hexdigest()
 
 
 def resume_iterator(dataset, state, steps_per_epoch, epochs):
