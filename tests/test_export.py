@@ -1,6 +1,5 @@
 import importlib
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -13,7 +12,6 @@ from src.errors import UserError, run_main
 from src.model_utils.config import DEFAULT_CONFIG
 from src.export_utils import check_mindir, export_network, load_mindir, mindir_input_shape
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=2, R=1)
 
 
@@ -80,7 +78,7 @@ def run_export(monkeypatch, *flags):
     """export.py's main in this process; returns the exit status (0 when it returns).
 
     The device of this test process is set already (MindSpore allows it once per process), so the
-    script's device set-up is skipped; test_export_cli_in_its_own_process runs it whole.
+    script's device set-up is skipped (tests/test_infer_310.py runs export.py in a process of its own).
     """
     monkeypatch.setattr(sys, "argv", ["export.py", *flags])
     monkeypatch.setattr("src.model_utils.device.init_device", lambda cfg: None)
@@ -91,14 +89,11 @@ def run_export(monkeypatch, *flags):
     return 0
 
 
-def test_export_cli_in_its_own_process(trained, tmp_path):
-    env = {**os.environ, "PYTHONPATH": ROOT, "GLOG_v": "3"}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"),
-                           f"--config_path={trained}/config.yaml",
-                           f"--ckpt_file={trained}/tiny.ckpt", "--file_name=out/tasnet"],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+def test_export_cli_writes_and_checks(trained, tmp_path, monkeypatch, capsys):
+    status = run_export(monkeypatch, f"--config_path={trained}/config.yaml",
+                        f"--ckpt_file={trained}/tiny.ckpt", f"--file_name={tmp_path}/out/tasnet")
+    out = capsys.readouterr().out
+    assert status == 0
     assert f"exported {tmp_path}/out/tasnet.mindir (MINDIR, input [1, T] for any T)" in out
     assert "checked: the reloaded MINDIR gives the network's output at lengths 8000, 12003" in out
     assert mindir_input_shape(str(tmp_path / "out" / "tasnet.mindir")) == [1, -1]
