@@ -59,11 +59,11 @@ def score_utterance(estimates, references, mixture, with_sdr=True):
 
 
 def dynamic_model_function(net):
-    """A model_fn (numpy [1, t] -> [1, C, t]) for a cell, compiled once for every length.
+    """A model_fn (numpy [1, t] -> [1, C, t]) for a cell, compiled once for all lengths.
 
     In graph mode a cell compiles one graph per input shape; test utterances all differ in length.
     The cell is wrapped in a cell with a dynamic time axis (set_inputs), so that `net` itself,
-    which training may be running with other shapes, is left as it is.
+    which training may be running with other shapes, keeps its inputs and parameter names.
     """
     import mindspore as ms
     from mindspore import nn
@@ -80,7 +80,6 @@ def dynamic_model_function(net):
             return self.inner(mixture)
 
     wrapper = _AnyLength(net)
-    wrapper.set_train(False)
     wrapper.set_inputs(ms.Tensor(shape=[1, None], dtype=ms.float32))
     return model_function(wrapper)
 
@@ -107,7 +106,8 @@ def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
     """Separate and score every utterance of `dataset`.
 
     Args:
-        net: a cell (ConvTasNet, nn.GraphCell) or a model_fn (numpy [1, t] -> [1, C, t]).
+        net: a cell (ConvTasNet, nn.GraphCell) or a model_fn (numpy [1, t] -> [1, C, t]). A
+            cell in training mode is evaluated in inference mode and put back afterwards.
         dataset: mindspore dataset with columns mixture [b, T], sources [b, C, T], lengths [b]
             (src.dataset.create_eval_dataset).
         ids: utterance names in dataset order.
@@ -125,7 +125,19 @@ def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
         SDR), length in samples; summary holds their means, the number of utterances and the
         total length in samples.
     """
-    model_fn = dynamic_model_function(net)
+    was_training = getattr(net, "training", False)
+    if was_training:
+        net.set_train(False)
+    try:
+        return _evaluate(dynamic_model_function(net), dataset, ids, n_src, with_sdr, chunk_samples,
+                         overlap_samples, align, progress, on_utterance, done, on_row)
+    finally:
+        if was_training:
+            net.set_train(True)   # a training loop's network goes back to training mode
+
+
+def _evaluate(model_fn, dataset, ids, n_src, with_sdr, chunk_samples, overlap_samples, align,
+              progress, on_utterance, done, on_row):
     total = len(ids) if ids is not None else None
     utterances = iterate_utterances(dataset, ids)
     if progress:

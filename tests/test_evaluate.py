@@ -161,11 +161,28 @@ def test_dynamic_model_function_matches_the_cell_and_leaves_it_alone():
     ms.set_seed(2)
     net = ConvTasNet(**TINY)
     net.set_train(False)
+    names = [name for name, _ in net.parameters_and_names()]
     model_fn = dynamic_model_function(net)
     for n in (97, 256):
         x = np.random.default_rng(n).standard_normal((1, n)).astype(np.float32)
         np.testing.assert_array_equal(model_fn(x), net(ms.Tensor(x)).asnumpy())
     assert net.get_inputs() is None
+    assert [name for name, _ in net.parameters_and_names()] == names
+    assert [p.name for p in net.get_parameters()] == names
+
+
+def test_training_network_is_scored_in_inference_mode_and_put_back():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(3)
+    net = ConvTasNet(**TINY, norm_type="BN")   # BN: train and inference modes differ
+    data, sources, mixture = make_dataset([300], seed=6)
+    net.set_train(True)
+    rows, _ = evaluate(net, data, with_sdr=False)
+    assert net.training
+    net.set_train(False)
+    again, _ = evaluate(net, data, with_sdr=False)
+    assert not net.training
+    assert rows[0]["si_snr"] == pytest.approx(again[0]["si_snr"], abs=1e-5)
 
 
 def test_errors():
