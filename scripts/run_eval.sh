@@ -7,7 +7,8 @@
 #   CONFIG_PATH  the config it was trained with (<output_dir>/config.yaml; default: default_config.yaml)
 #   DEVICE_ID    device index (default 0)
 # Results: <output_dir>/eval_<test_name>/eval_results.csv and eval_summary.json; the log is
-# eval_<checkpoint name>.log in the current folder. WAIT=1 runs in the foreground.
+# <output_dir>/eval_<checkpoint name>.log (a stopped run resumes and continues it).
+# WAIT=1 runs in the foreground and returns eval.py's exit status.
 set -u
 
 if [ $# -lt 2 ]; then
@@ -27,21 +28,16 @@ if ! [[ "$DEVICE_ID" =~ ^[0-9]+$ ]]; then
     echo "error: DEVICE_ID: expected a device index, got '$DEVICE_ID'" >&2
     exit 1
 fi
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
-fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export GLOG_v="${GLOG_v:-3}"
+source "$ROOT/scripts/train_common.sh"
+resolve_dirs "$CONFIG_PATH" "$@"
 
 NAME=$(basename "$CKPT_FILE")
-LOG="$PWD/eval_${NAME%.*}.log"
-CMD=("$PYTHON" "$ROOT/eval.py" --config_path="$CONFIG_PATH" --ckpt_file="$CKPT_FILE"
-     --data_dir="$DATA_PATH" --device_id="$DEVICE_ID" "$@")
+LOG="$OUTPUT_DIR/eval_${NAME%.*}.log"
+launch "$LOG" python "$ROOT/eval.py" --config_path="$CONFIG_PATH" --ckpt_file="$CKPT_FILE" \
+    --data_dir="$DATA_PATH" --device_id="$DEVICE_ID" "$@"
+status=$?
 if [ "${WAIT:-0}" == "1" ]; then
-    "${CMD[@]}" > "$LOG" 2>&1
-    status=$?
     tail -n 2 "$LOG"
     exit $status
 fi
-nohup "${CMD[@]}" > "$LOG" 2>&1 &
-echo "evaluating in the background (pid $!); log: $LOG"
+echo "evaluating in the background (pid $LAUNCHED_PID); log: $LOG"

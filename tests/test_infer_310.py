@@ -78,10 +78,19 @@ def run_script(setup, tmp_path, *args, **env):
                           capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
 
 
-def test_cpu_pipeline_reports_the_si_snri_of_eval(setup, tmp_path, no_device_setup):
-    cfg = cfg_for(setup, f"--output_dir={tmp_path}/eval", "--eval_sdr=false")
-    rows, summary = run_evaluation(cfg, log=lambda *_: None)
-    assert len(rows) == 3
+def test_cpu_pipeline_reports_the_si_snri_of_eval(setup, tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT, "GLOG_v": "3", "WAIT": "1"}
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_eval.sh"), setup["ckpt"],
+                           setup["data"], setup["config"], "0", f"--output_dir={tmp_path}/eval",
+                           "--eval_sdr=false"], capture_output=True, text=True, env=env,
+                          timeout=400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "test: SI-SNR" in proc.stdout and (tmp_path / "eval" / "eval_tiny.log").is_file()
+    with open(tmp_path / "eval" / "eval_test" / SUMMARY_JSON) as f:
+        summary = json.load(f)
+    with open(tmp_path / "eval" / "eval_test" / RESULTS_CSV) as f:
+        rows = [{**r, "length": int(r["length"])} for r in csv.DictReader(f)]
+    assert summary["utterances"] == len(rows) == 3
 
     proc = run_script(setup, tmp_path, setup["mindir"], setup["data"], "y", "0",
                       DEVICE_TARGET="CPU")
@@ -153,6 +162,18 @@ def test_pipeline_errors(setup, tmp_path):
     with pytest.raises(UserError, match="mine: exists and is not a preprocess_Result folder"):
         preprocess(cfg, setup["mindir"], str(tmp_path / "mine"), log=lambda *_: None)
     assert os.listdir(tmp_path / "mine") == []
+
+
+def test_eval_script_argument_errors(setup, tmp_path):
+    script = os.path.join(ROOT, "scripts", "run_eval.sh")
+    for args, message in ((["x.ckpt", setup["data"]], "x.ckpt: checkpoint not found"),
+                          ([setup["ckpt"], "nodata"], "nodata: data folder not found"),
+                          ([setup["ckpt"], setup["data"], setup["config"], "gpu0"],
+                           "DEVICE_ID: expected a device index, got 'gpu0'"),
+                          ([setup["ckpt"]], "Usage: bash")):
+        proc = subprocess.run(["bash", script, *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("args,env,message", [
