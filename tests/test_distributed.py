@@ -12,18 +12,10 @@ from src.dataset import create_train_dataset
 from src.model_utils.config import load_config
 from src.train_state import last_path
 from src.train_step import make_train_step
-from train_helpers import checkpoint_arrays, flags, make_data_dir
+from train_helpers import checkpoint_arrays, flags, graph_mode, make_data_dir  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "run_distribute_train.sh")
-
-
-@pytest.fixture
-def graph_mode():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=previous)
 
 
 def rank_batches(cfg, rank_id, rank_size):

@@ -4,17 +4,20 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from src.conv_tasnet import ConvTasNet
+from src.conv_tasnet import ConvTasNet, model_kwargs
 from src.errors import UserError
 from src.model_utils.config import load_config
 from src.train_step import (NetWithLoss, TrainStep, make_optimizer, make_train_step,
                             mixed_precision_level)
+from train_helpers import flags, graph_mode  # noqa: F401
 
-TINY = ["--N=8", "--L=4", "--B=4", "--H=8", "--Sc=4", "--X=2", "--R=1"]
+
+def tiny_config(*extra):
+    return load_config(flags() + list(extra))
 
 
-def tiny_config(*flags):
-    return load_config(TINY + list(flags))
+def tiny_net():
+    return ConvTasNet(**model_kwargs(tiny_config()))
 
 
 def batch(seed=0, batch_size=2, T=120, nan=False):
@@ -26,14 +29,6 @@ def batch(seed=0, batch_size=2, T=120, nan=False):
     lengths = np.full(batch_size, T, np.int32)
     lengths[-1] = T - 20  # a padded row: its tail must not count
     return mixture, sources, lengths
-
-
-@pytest.fixture
-def graph_mode():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=previous)
 
 
 def reference_gradients(net, arrays, n_src=2):
@@ -71,7 +66,7 @@ def test_updates_clipped_decayed_with_momentum_and_nonfinite_batches_skipped(gra
     ms.set_seed(1)
     lr, momentum, l2, clip = 0.1, 0.9, 0.01, 0.05
     cfg = tiny_config("--optimizer=sgd", f"--momentum={momentum}", f"--l2={l2}", f"--lr={lr}")
-    net = ConvTasNet(C=2, N=8, L=4, B=4, H=8, Sc=4, X=2, R=1)
+    net = tiny_net()
     step = TrainStep(NetWithLoss(net, 2), make_optimizer(net, cfg), clip_norm=clip,
                      loss_scale=1024.0)
     step.set_train()
@@ -102,7 +97,7 @@ def test_updates_clipped_decayed_with_momentum_and_nonfinite_batches_skipped(gra
 
 def net_at(parameter_values):
     """A tiny ConvTasNet holding the given parameter values."""
-    net = ConvTasNet(C=2, N=8, L=4, B=4, H=8, Sc=4, X=2, R=1)
+    net = tiny_net()
     for param in net.get_parameters():
         param.set_data(ms.Tensor(parameter_values[param.name]))
     return net
@@ -111,7 +106,7 @@ def net_at(parameter_values):
 def test_mixed_precision_only_off_cpu_and_bad_settings_refused():
     assert mixed_precision_level(tiny_config("--amp_level=O2")) == "O0"
     assert mixed_precision_level(tiny_config("--amp_level=O2", "--device_target=GPU")) == "O2"
-    net = ConvTasNet(C=2, N=8, L=4, B=4, H=8, Sc=4, X=2, R=1)
+    net = tiny_net()
     with pytest.raises(UserError, match="clip_grad_norm"):
         make_train_step(net, tiny_config("--clip_grad_norm=-1"))
     with pytest.raises(UserError, match="lr: expected"):
@@ -121,7 +116,7 @@ def test_mixed_precision_only_off_cpu_and_bad_settings_refused():
 
 
 def test_optimizers_named_by_the_config():
-    net = ConvTasNet(C=2, N=8, L=4, B=4, H=8, Sc=4, X=2, R=1)
+    net = tiny_net()
     assert isinstance(make_optimizer(net, tiny_config("--optimizer=adam")), nn.Adam)
     sgd = make_optimizer(net, tiny_config("--optimizer=sgd", "--momentum=0.8", "--lr=0.02"))
     assert isinstance(sgd, nn.SGD)

@@ -1,8 +1,10 @@
 """The training loop: schedule, outputs, non-finite steps, refused resumes, resume after SIGKILL."""
 import csv
+import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,19 +23,12 @@ from src.model_utils.config import load_config
 from src.train_state import (STATE_KEY, TrainState, end_of_epoch, last_path,
                              save_train_checkpoint)
 from src.train_step import make_train_step
-from src.trainer import fit, train
-from train_helpers import assert_same_arrays, checkpoint_arrays, flags, make_data_dir
+from src.trainer import RunLog, fit, train
+from train_helpers import (assert_same_arrays, checkpoint_arrays, flags, graph_mode,  # noqa: F401
+                           make_data_dir)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T = 160  # samples per training row of the in-memory sets
-
-
-@pytest.fixture
-def graph_mode():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=previous)
 
 
 def test_plateau_halves_lr_and_early_stop_counts_epochs_without_improvement():
@@ -203,3 +198,30 @@ def test_run_killed_with_sigkill_resumes_where_its_checkpoint_left_off(tmp_path,
     for a, b in zip(resumed.history, uninterrupted.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
         assert a["valid_si_snri"] == pytest.approx(b["valid_si_snri"], abs=1e-4)
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_a_terminal_with_log_lines_above_it(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    log = RunLog()
+    log.open_bar(epoch=3, total=5, initial=2)
+    log.advance(-7.25)
+    log("a log line")
+    log.close_bar()
+    text = terminal.getvalue()
+    assert "epoch 3" in text and "3/5" in text and "loss=-7.250" in text
+    assert re.search(r"\d\d:\d\d:\d\d a log line\n", text)
+
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", piped)
+    log = RunLog()
+    log.open_bar(epoch=1, total=5, initial=0)
+    log.advance(1.0)
+    log("another line")
+    log.close_bar()
+    assert re.fullmatch(r"\S+ \S+ another line\n", piped.getvalue())
