@@ -12,8 +12,9 @@
 # averaged, so one step uses batch_size x RANK_SIZE mixtures at the configured lr. Every process
 # uses the same seed. Rank 0 writes the checkpoints, curves and config.yaml to output_dir.
 # Logs: with a rank table, output_dir/device<i>/train.log (each process runs in its own folder;
-# DEVICE_START, default 0, is the first device index and RANK_START the first rank, for several
-# servers); with msrun, output_dir/msrun/worker_<i>.log and the launcher's output_dir/msrun.log
+# for several servers, run the script on each with DEVICE_NUM (processes on this server, default
+# RANK_SIZE), RANK_START (its first rank, default 0) and DEVICE_START (its first device index,
+# default 0)); with msrun, output_dir/msrun/worker_<i>.log and the launcher's output_dir/msrun.log
 # (MASTER_PORT: the scheduler's port, default a free one). WAIT=1 runs in the foreground.
 set -u
 USAGE="Usage: bash $0 [RANK_SIZE] [RANK_TABLE_FILE] [CONFIG_PATH] [--key=value ...]"
@@ -25,9 +26,10 @@ RANK_SIZE=$1
 RANK_TABLE=${2:-}
 CONFIG_PATH=${3:-$ROOT/default_config.yaml}
 shift $(( $# < 3 ? $# : 3 ))
-fail() { echo "error: $1" >&2; echo "$USAGE" >&2; exit 1; }
+fail() { echo "error: $*" >&2; echo "$USAGE" >&2; exit 1; }
 if ! [[ "$RANK_SIZE" =~ ^[0-9]+$ ]] || [ "$RANK_SIZE" -lt 2 ]; then
-    fail "RANK_SIZE: expected a number of devices >= 2, got '$RANK_SIZE' (one device: scripts/run_standalone_train.sh)"
+    fail "RANK_SIZE: expected a number of devices >= 2, got '$RANK_SIZE'" \
+         "(one device: scripts/run_standalone_train.sh)"
 fi
 if [ "$RANK_TABLE" == "none" ]; then RANK_TABLE=""; fi
 if [ -n "$RANK_TABLE" ] && [ ! -f "$RANK_TABLE" ]; then
@@ -37,6 +39,10 @@ if [ ! -f "$CONFIG_PATH" ]; then fail "CONFIG_PATH: $CONFIG_PATH: config file no
 CONFIG_PATH=$(realpath -- "$CONFIG_PATH")
 source "$ROOT/scripts/train_common.sh"
 resolve_dirs "$CONFIG_PATH" "$@"
+if [ -n "$RANK_TABLE" ] && [ "$DEVICE_TARGET" != "Ascend" ]; then
+    fail "RANK_TABLE_FILE: an HCCL rank table is for Ascend, device_target is $DEVICE_TARGET" \
+         "(give \"\" to launch with msrun)"
+fi
 # Absolute paths: with a rank table every process runs in its own folder.
 ARGS=(--config_path="$CONFIG_PATH" "$@" --output_dir="$OUTPUT_DIR" --data_dir="$DATA_DIR"
       --distribute=true)
@@ -46,8 +52,9 @@ if [ -n "$RANK_TABLE" ]; then
     export RANK_SIZE
     DEVICE_START=${DEVICE_START:-0}
     RANK_START=${RANK_START:-0}
+    DEVICE_NUM=${DEVICE_NUM:-$RANK_SIZE}
     PIDS=()
-    for ((i = 0; i < RANK_SIZE; i++)); do
+    for ((i = 0; i < DEVICE_NUM; i++)); do
         export DEVICE_ID=$((DEVICE_START + i))
         export RANK_ID=$((RANK_START + i))
         RUN_DIR="$OUTPUT_DIR/device$DEVICE_ID"
@@ -77,4 +84,5 @@ if [ "${WAIT:-0}" == "1" ]; then
     tail -n 3 "$LOG"
     exit $status
 fi
-echo "training on $RANK_SIZE devices with msrun in the background (pid $LAUNCHED_PID); logs: $OUTPUT_DIR/msrun/worker_<rank>.log, launcher: $LOG"
+echo "training on $RANK_SIZE devices with msrun in the background (pid $LAUNCHED_PID)"
+echo "logs: $OUTPUT_DIR/msrun/worker_<rank>.log; launcher: $LOG"

@@ -4,7 +4,8 @@
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/setup_env.sh"
 
 # resolve_dirs CONFIG_PATH [flags...]: sets OUTPUT_DIR and DATA_DIR to the absolute paths that the
-# configuration gives (the recipe and the flags applied); a bad config is a one-line error.
+# configuration gives (the recipe and the flags applied), and DEVICE_TARGET; a bad config is a
+# one-line error.
 resolve_dirs() {
     local resolved
     resolved=$(python -c '
@@ -16,10 +17,12 @@ def main():
     cfg = load_config(sys.argv[1:])
     print(os.path.abspath(cfg.output_dir))
     print(os.path.abspath(cfg.data_dir))
+    print(cfg.device_target)
 
 run_main(main)' --config_path="$1" "${@:2}") || exit 2
     OUTPUT_DIR=$(sed -n 1p <<< "$resolved")
     DATA_DIR=$(sed -n 2p <<< "$resolved")
+    DEVICE_TARGET=$(sed -n 3p <<< "$resolved")
 }
 
 # free_port: a TCP port nobody listens on now (for msrun's scheduler).

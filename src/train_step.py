@@ -49,7 +49,11 @@ def init_parallel(cfg):
     if not launched:
         raise UserError("distribute: true needs a launcher (scripts/run_distribute_train.sh, msrun "
                         "or an HCCL rank table); for one device use --distribute=false")
-    init()
+    try:
+        init()
+    except RuntimeError as err:
+        raise UserError(f"distribute: could not join the process group "
+                        f"({str(err).strip().splitlines()[0][:300]})") from None
     rank_id, rank_size = get_rank(), get_group_size()
     ms.reset_auto_parallel_context()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,

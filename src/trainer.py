@@ -34,7 +34,7 @@ CONFIG_NAME = "config.yaml"
 
 
 class RunLog:
-    """Log lines on stdout (through tqdm when a bar is shown), prefixed by the rank in parallel runs."""
+    """Log lines on stdout (through tqdm when a bar is shown), with the rank in parallel runs."""
 
     def __init__(self, rank_id=0, rank_size=1):
         self.prefix = f"[rank {rank_id}] " if rank_size > 1 else ""

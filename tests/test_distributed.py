@@ -9,9 +9,10 @@ import mindspore as ms
 
 from src.conv_tasnet import ConvTasNet, model_kwargs
 from src.dataset import create_train_dataset
+from src.errors import UserError
 from src.model_utils.config import load_config
 from src.train_state import last_path
-from src.train_step import make_train_step
+from src.train_step import init_parallel, make_train_step
 from train_helpers import checkpoint_arrays, flags, graph_mode, make_data_dir  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,6 +72,14 @@ def test_two_workers_train_like_one_process_on_the_combined_batch(tmp_path, grap
     assert largest < 1e-6
 
 
+def test_distribute_without_a_launcher_is_refused(monkeypatch):
+    for name in ("RANK_ID", "MS_WORKER_NUM"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserError, match="distribute: true needs a launcher"):
+        init_parallel(load_config(["--distribute=true"]))
+    assert init_parallel(load_config([])) == (0, 1)
+
+
 def test_scripts_check_their_arguments():
     def run(script, *args):
         return subprocess.run(["bash", os.path.join(ROOT, "scripts", script), *args],
@@ -86,6 +95,9 @@ def test_scripts_check_their_arguments():
         assert "[RANK_SIZE] [RANK_TABLE_FILE] [CONFIG_PATH] [--key=value ...]" in result.stderr
         if message:
             assert message in result.stderr
+    result = run("run_distribute_train.sh", "2", os.path.join(ROOT, "default_config.yaml"))
+    assert result.returncode == 1
+    assert "RANK_TABLE_FILE: an HCCL rank table is for Ascend, device_target is CPU" in result.stderr
     help_text = run("run_distribute_train.sh", "--help")
     assert help_text.returncode == 0 and "[RANK_SIZE] [RANK_TABLE_FILE] [CONFIG_PATH]" in \
         help_text.stdout
