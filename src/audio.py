@@ -5,11 +5,11 @@ through librosa (soxr). Every failure a user can cause is a UserError naming the
 """
 import os
 import re
-import tempfile
 
 import numpy as np
 import soundfile as sf
 
+from src.atomic import atomic_output
 from src.errors import UserError
 
 # libsndfile logs "data : 32000 (should be 15978)" for a file cut short
@@ -77,17 +77,8 @@ def resample_audio(signal, orig_rate, target_rate):
 
 def write_audio(path, signal, sample_rate, subtype=None):
     """Write signal [T] or [channels, T] to `path` atomically (temporary file, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     signal = np.asarray(signal)
     data = signal.T if signal.ndim == 2 else signal
     fmt = os.path.splitext(path)[1].lstrip(".").upper() or "WAV"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         sf.write(tmp, data, sample_rate, subtype=subtype, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
