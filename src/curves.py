@@ -2,7 +2,8 @@
 
 A row holds: epoch, steps (updates applied in the epoch), skipped (non-finite steps), train_loss
 (mean PIT loss = negative SI-SNR in dB over the applied steps), valid_si_snri (mean SI-SNR
-improvement on the validation set, dB), lr (the rate used during the epoch), seconds.
+improvement on the validation set, dB), lr (the rate used during the epoch), seconds (time spent
+in training steps; the first epoch of a process includes the graph compilation).
 """
 import csv
 import io

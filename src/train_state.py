@@ -38,6 +38,11 @@ def epoch_path(directory, epoch):
     return os.path.join(directory, f"{PREFIX}-epoch{epoch:03d}.ckpt")
 
 
+def new_running():
+    """The sums of an epoch before its first step."""
+    return dict(loss=0.0, steps=0, skipped=0, seconds=0.0)
+
+
 @dataclasses.dataclass
 class TrainState:
     """Counters of a run. `epoch` epochs are complete; `epoch_step` batches of the next are done.
@@ -55,8 +60,7 @@ class TrainState:
     best_epoch: int = 0
     since_best: int = 0
     since_lr_change: int = 0
-    running: dict = dataclasses.field(default_factory=lambda: dict(loss=0.0, steps=0, skipped=0,
-                                                                   seconds=0.0))
+    running: dict = dataclasses.field(default_factory=new_running)
     history: list = dataclasses.field(default_factory=list)
 
     def to_json(self):

@@ -152,8 +152,9 @@ def make_train_step(net, cfg, optimizer=None):
     """The training cell for `net` (a ConvTasNet) under `cfg`.
 
     Uses cfg.optimizer, lr, momentum, l2, clip_grad_norm, amp_level, loss_scale and n_src. On GPU
-    and Ascend with amp_level other than O0 the network is cast to float16 (in place) and the loss
-    is scaled by cfg.loss_scale; the loss itself is computed in float32.
+    and Ascend with amp_level other than O0 the step runs the network through
+    `mindspore.amp.auto_mixed_precision` (float16, the same parameters; O2/O3 also switch `net`
+    itself to float16) and scales the loss by cfg.loss_scale; the loss is computed in float32.
 
     Returns a TrainStep called as step(mixture [batch, T], sources [batch, C, T], lengths [batch])
     -> (loss, finite); its `optimizer` attribute holds the optimizer.

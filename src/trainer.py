@@ -26,7 +26,7 @@ from src.atomic import write_yaml
 from src.errors import UserError
 from src.evaluate import dynamic_model_function, evaluate
 from src.train_state import (TrainState, best_path, end_of_epoch, epoch_path, last_path,
-                             load_train_checkpoint, prune_epoch_checkpoints,
+                             load_train_checkpoint, new_running, prune_epoch_checkpoints,
                              remove_partial_checkpoints, resume_path, save_train_checkpoint)
 from src.train_step import init_parallel, make_train_step, set_learning_rate
 
@@ -151,7 +151,7 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
                    valid_si_snri=score, lr=state.lr, seconds=round(running["seconds"], 3))
         state.epoch += 1
         state.epoch_step = 0
-        state.running = TrainState(lr=0).running
+        state.running = new_running()
         state.history.append(row)
         improved, new_lr, _ = end_of_epoch(state, score, cfg.lr_patience, cfg.lr_factor,
                                            cfg.early_stop_patience)
