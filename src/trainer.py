@@ -74,11 +74,11 @@ def save_config(cfg, directory):
 def validation_scorer(net, dataset, cfg, progress=False):
     """A function that returns the mean SI-SNRi (dB) of `net` on `dataset`, now.
 
-    The network is wrapped once with a dynamic time axis (one graph for every utterance length,
-    compiled at the first call) and run in inference mode; it is put back in training mode after.
+    The network is wrapped once with a dynamic time axis (one graph for all utterance lengths,
+    compiled at the first call, reused every epoch) and run in inference mode; it is put back in
+    training mode after.
     """
     model_fn = dynamic_model_function(net)
-    net.set_train(True)
 
     def score():
         net.set_train(False)
