@@ -58,7 +58,8 @@ SEPARATED="$DEMO_DIR/separated"
 
 make_data() {
     if [ -f "$LIBRIMIX/demo_librimix.json" ]; then echo "reusing $LIBRIMIX"; return; fi
-    python -m src.demo_data --out_dir "$DEMO_DIR/librimix" --seed "$SEED" --sizes "$SIZES"
+    python -m src.demo_data --out_dir "$DEMO_DIR/librimix" --seed "$SEED" --sizes "$SIZES" \
+        --cross_gender
 }
 run_preprocess() {
     if [ -f "$DATA/test/info.json" ]; then echo "reusing $DATA"; return; fi

@@ -181,12 +181,14 @@ def mix_sources(utterances, rng):
 
 
 def make_demo_librimix(root, seed=0, n_src=2, sample_rate=8000, sizes=None,
-                       min_seconds=2.0, max_seconds=6.0, noisy=False):
+                       min_seconds=2.0, max_seconds=6.0, noisy=False, cross_gender=False):
     """Write a synthetic LibriMix under `root`; return its `Libri<C>Mix/wav<k>k/min` folder.
 
     Args:
         sizes: mixtures per split, {"train-360": 200, "dev": 30, "test": 30} by default.
         min_seconds, max_seconds: range of the utterance durations (mixtures get the shorter).
+        cross_gender: every mixture draws its speakers from both sexes in turn (a female and a
+            male voice for C=2), an easier task that small models learn in minutes.
         noisy: also write noise/, mix_both/ and mix_single/ (sep_noisy, enhancement), with their
             metadata, like LibriMix generated with WHAM! noise.
     A finished set with the same parameters is reused; another folder at that place is refused.
@@ -198,6 +200,8 @@ def make_demo_librimix(root, seed=0, n_src=2, sample_rate=8000, sizes=None,
     params = {"seed": seed, "n_src": n_src, "sample_rate": sample_rate, "sizes": sizes,
               "min_seconds": min_seconds, "max_seconds": max_seconds, "noisy": bool(noisy),
               "version": 1}
+    if cross_gender:
+        params["cross_gender"] = True
     parent = os.path.join(os.path.abspath(root), f"Libri{n_src}Mix", f"wav{sample_rate // 1000}k")
     final = os.path.join(parent, "min")
     if os.path.exists(final):
@@ -213,7 +217,8 @@ def make_demo_librimix(root, seed=0, n_src=2, sample_rate=8000, sizes=None,
     speakers = _speakers(seed, sizes)
     for s, split in enumerate(sizes):
         _write_split(tmp, final, split, sizes[split], speakers[split], n_src, sample_rate,
-                     (min_seconds, max_seconds), noisy, np.random.default_rng([seed, 1, s]))
+                     (min_seconds, max_seconds), noisy, np.random.default_rng([seed, 1, s]),
+                     cross_gender)
     with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
         json.dump(params, f)
     os.replace(tmp, final)
@@ -233,7 +238,8 @@ def _speakers(seed, sizes):
     return out
 
 
-def _write_split(tmp, final, split, count, speakers, n_src, sample_rate, seconds, noisy, rng):
+def _write_split(tmp, final, split, count, speakers, n_src, sample_rate, seconds, noisy, rng,
+                 cross_gender=False):
     """Synthesize and write one split; CSV paths name the final folder, as LibriMix's do."""
     if len(speakers) < n_src:
         raise UserError(f"demo set: split {split} has {len(speakers)} speakers, fewer than n_src")
@@ -241,7 +247,8 @@ def _write_split(tmp, final, split, count, speakers, n_src, sample_rate, seconds
     rows = {kind: ([], []) for kind in kinds}                # per kind: mixture rows, metric rows
     next_utt = {}
     for _ in range(count):
-        chosen = rng.choice(len(speakers), size=n_src, replace=False)
+        chosen = (_cross_gender_choice(speakers, n_src, rng) if cross_gender
+                  else rng.choice(len(speakers), size=n_src, replace=False))
         utterances, names = [], []
         for j in chosen:
             spk = speakers[j]
@@ -281,6 +288,23 @@ def _write_split(tmp, final, split, count, speakers, n_src, sample_rate, seconds
                    ["mixture_ID"] + [f"{n}_SNR" for n in names], rows[kind][1])
 
 
+def _cross_gender_choice(speakers, n_src, rng):
+    """n_src speaker indices, alternately female and male, starting with a random sex."""
+    groups = [[i for i, spk in enumerate(speakers) if spk.female == female]
+              for female in (True, False)]
+    if not all(groups):
+        raise UserError("demo set: cross_gender needs female and male speakers in every split")
+    first = rng.integers(2)
+    picks = [groups[(first + c) % 2] for c in range(n_src)]
+    chosen = []
+    for group in picks:
+        free = [i for i in group if i not in chosen]
+        if not free:
+            raise UserError("demo set: too few speakers of one sex for cross_gender")
+        chosen.append(free[rng.integers(len(free))])
+    return np.array(chosen)
+
+
 def _write_csv(path, header, rows):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -299,13 +323,15 @@ def main(argv=None):
     parser.add_argument("--min_seconds", type=float, default=2.0)
     parser.add_argument("--max_seconds", type=float, default=6.0)
     parser.add_argument("--noisy", action="store_true", help="also noise/, mix_both/, mix_single/")
+    parser.add_argument("--cross_gender", action="store_true",
+                        help="every mixture has female and male voices (easier; the demo's choice)")
     args = parser.parse_args(argv)
     try:
         sizes = dict(zip(SPLITS, (int(v) for v in args.sizes.split(",")), strict=True))
     except ValueError:
         raise UserError(f"--sizes: expected three integers like 200,30,30, got {args.sizes!r}") from None
     path = make_demo_librimix(args.out_dir, args.seed, args.n_src, args.sample_rate, sizes,
-                              args.min_seconds, args.max_seconds, args.noisy)
+                              args.min_seconds, args.max_seconds, args.noisy, args.cross_gender)
     print(path)
 
 

@@ -163,3 +163,24 @@ def test_noisy_set_like_librimix_with_wham(tmp_path):
                                   np.sum((mix - noise).astype(float) ** 2))
         assert noise_snr == pytest.approx(float(row_metrics[3]), abs=0.05)
         assert -20 < noise_snr < 0                                   # quieter than the speech
+
+
+def mixture_sexes(root, seed, sizes):
+    """For every mixture of every split: the sexes (True = female) of its speakers."""
+    from src.demo_data import _speakers
+    female = {str(spk.id): spk.female for split in _speakers(seed, sizes).values() for spk in split}
+    out = []
+    for split in sizes:
+        _, rows = read_csv(os.path.join(root, "metadata", f"mixture_{split}_mix_clean.csv"))
+        out += [[female[spk] for spk in speakers(row[0])] for row in rows]
+    return out
+
+
+def test_cross_gender_mixes_a_female_and_a_male_voice(tmp_path):
+    sizes = {"train-360": 12, "dev": 4, "test": 4}
+    crossed = make_demo_librimix(tmp_path / "x", seed=5, sizes=sizes, min_seconds=0.5,
+                                 max_seconds=0.6, cross_gender=True)
+    assert all(sorted(sexes) == [False, True] for sexes in mixture_sexes(crossed, 5, sizes))
+    plain = make_demo_librimix(tmp_path / "p", seed=5, sizes=sizes, min_seconds=0.5,
+                               max_seconds=0.6)
+    assert any(len(set(sexes)) == 1 for sexes in mixture_sexes(plain, 5, sizes))
