@@ -106,7 +106,7 @@ def test_export_cli_writes_and_checks(trained, tmp_path, monkeypatch, capsys):
     (["--ckpt_file={d}/tiny.ckpt", "--file_format=AIR"], "file_format: AIR is written by the "
      "Ascend toolkit; run with --device_target=Ascend"),
     (["--ckpt_file={d}/tiny.ckpt", "--file_format=ONNX", "--input_length=400"],
-     "file_format: ONNX export failed: Can not find key GroupNorm in convert map"),
+     "file_format: ONNX export failed: Can not find key "),
     (["--ckpt_file={d}/tiny.ckpt", "--file_format=ONNX"], "input_length: MindSpore exports ONNX "
      "with fixed shapes only"),
     (["--ckpt_file={d}/tiny.ckpt", "--file_format=TFLITE"], "file_format: expected one of"),
