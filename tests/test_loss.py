@@ -86,8 +86,12 @@ def test_silent_sources_give_finite_loss_and_gradients(silent):
         est[:, 0] = 0.0
     loss_fn = PITLoss(2)
     lengths = ms.Tensor(np.array([300, 200], np.int32))
-    grad_fn = ms.value_and_grad(lambda e: loss_fn(e, ms.Tensor(ref), lengths))
-    loss, grad = grad_fn(ms.Tensor(est))
+    references = ms.Tensor(ref)
+
+    def loss_of(estimates):
+        return loss_fn(estimates, references, lengths)
+
+    loss, grad = ms.value_and_grad(loss_of)(ms.Tensor(est))
     assert np.isfinite(loss.asnumpy()).all()
     assert np.isfinite(grad.asnumpy()).all()
 
@@ -104,8 +108,10 @@ def test_one_step_reduces_loss_on_a_fixed_batch():
     references = ms.Tensor(sources)
     lengths = ms.Tensor(np.array([400], np.int32))
     optimizer = nn.Adam(net.trainable_params(), learning_rate=1e-2)
-    grad_fn = ms.value_and_grad(lambda m, r, n: loss_fn(net(m), r, n), None,
-                                optimizer.parameters)
+    def forward(m, r, n):
+        return loss_fn(net(m), r, n)
+
+    grad_fn = ms.value_and_grad(forward, None, optimizer.parameters)
     before, grads = grad_fn(mixture, references, lengths)
     optimizer(grads)
     after, _ = grad_fn(mixture, references, lengths)
