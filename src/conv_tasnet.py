@@ -12,33 +12,58 @@ Names follow the paper:
     C  number of speakers (sources)
 
 Shapes use `batch`, `T` (samples), `K` (encoder frames) and channel names from the list above.
+
+One model, two formulations of the same computation (`ConvTasNet.set_formulation`), chosen by
+device in `default_formulation`:
+    "conv"    channels first, [batch, channels, K]: MindSpore's convolution and GroupNorm
+              operators. Used on Ascend and GPU.
+    "matmul"  frames last, [batch, K, channels]: the 1x1 convolutions as matrix products, the
+              depthwise convolution as P shifted products, gLN and PReLU fused with hand-written
+              gradients (src/fused_layers.py). Used on CPU, where MindSpore's depthwise-conv,
+              GroupNorm and PReLU kernels (forward and backward) cost more than the matrix
+              products of the whole network (benchmarks/README.md).
+Both have the same parameters (names and shapes) and the same outputs and gradients up to float
+rounding.
 """
 import mindspore as ms
 from mindspore import nn, ops
 
 from src.errors import UserError
+from src.fused_layers import (DepthwisePReLUNorm, FramePad, GlobalNorm, PReLUNorm, broadcast_like,
+                              depthwise, prelu)
 
 EPS = 1e-8
+FORMULATIONS = ("conv", "matmul")
+
+
+def default_formulation(device_target=None):
+    """The faster formulation on `device_target` (default: the context's): matmul on CPU."""
+    target = device_target or ms.get_context("device_target")
+    return "matmul" if target == "CPU" else "conv"
 
 
 class GlobalLayerNorm(nn.Cell):
     """gLN: normalise over channels and frames of each utterance; trainable per-channel gain, bias.
 
-    [batch, channels, K] -> [batch, channels, K]
+    [batch, channels, K] -> [batch, channels, K]; construct_frames_last: [batch, K, channels]
     """
 
     def __init__(self, channels):
         super().__init__()
         self.norm = nn.GroupNorm(1, channels, eps=EPS)
+        self.fused = GlobalNorm()
 
     def construct(self, x):
         return self.norm(x)
+
+    def construct_frames_last(self, x):
+        return self.fused(x, self.norm.gamma, self.norm.beta)
 
 
 class CumulativeLayerNorm(nn.Cell):
     """cLN: frame k is normalised with the mean and variance of all channels of frames 0..k (causal).
 
-    [batch, channels, K] -> [batch, channels, K]
+    [batch, channels, K] -> [batch, channels, K]; construct_frames_last: [batch, K, channels]
     """
 
     def __init__(self, channels):
@@ -48,13 +73,30 @@ class CumulativeLayerNorm(nn.Cell):
         self.channels = channels
 
     def construct(self, x):
-        frames = x.shape[-1]
-        cum_sum = ops.cumsum(x.sum(axis=1, keepdims=True), axis=2)
-        cum_pow_sum = ops.cumsum((x * x).sum(axis=1, keepdims=True), axis=2)
-        count = ops.arange(1, frames + 1, dtype=x.dtype).reshape(1, 1, -1) * self.channels
+        return self.normalise(x, 1, 2) * self.gamma + self.beta
+
+    def construct_frames_last(self, x):
+        y = self.normalise(x, 2, 1)
+        gamma, beta = self.gamma.reshape(-1), self.beta.reshape(-1)
+        return y * broadcast_like(gamma, y) + broadcast_like(beta, y)
+
+    def normalise(self, x, channel_axis, frame_axis):
+        cum_sum = ops.cumsum(x.sum(axis=channel_axis, keepdims=True), axis=frame_axis)
+        cum_pow_sum = ops.cumsum((x * x).sum(axis=channel_axis, keepdims=True), axis=frame_axis)
+        count = ops.cumsum(ops.ones_like(cum_sum), axis=frame_axis) * self.channels
         cum_mean = cum_sum / count
         cum_var = ops.relu(cum_pow_sum / count - cum_mean * cum_mean)
-        return (x - cum_mean) / ops.sqrt(cum_var + EPS) * self.gamma + self.beta
+        return (x - cum_mean) / ops.sqrt(cum_var + EPS)
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """BN over batch and frames, per channel (nn.BatchNorm1d and its parameters).
+
+    [batch, channels, K] -> [batch, channels, K]; construct_frames_last: [batch, K, channels]
+    """
+
+    def construct_frames_last(self, x):
+        return self.construct(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
 def make_norm(norm_type, channels):
@@ -64,13 +106,34 @@ def make_norm(norm_type, channels):
     if norm_type == "cLN":
         return CumulativeLayerNorm(channels)
     if norm_type == "BN":
-        return nn.BatchNorm1d(channels)
+        return BatchNorm(channels)
     raise UserError(f"norm_type: expected gLN, cLN or BN, got {norm_type!r}")
+
+
+class PointwiseConv(nn.Conv1d):
+    """A 1x1 convolution: [batch, in_channels, K] -> [batch, out_channels, K].
+
+    construct_frames_last: one matrix product over batch and frames,
+    [batch, K, in_channels] -> [batch, K, out_channels].
+    """
+
+    def __init__(self, in_channels, out_channels, has_bias=True):
+        super().__init__(in_channels, out_channels, 1, has_bias=has_bias, pad_mode="valid")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.bias_add = ops.BiasAdd()
+
+    def construct_frames_last(self, x):
+        weight = self.weight.reshape(self.out_channels, self.in_channels)
+        y = self.matmul(x.reshape(-1, self.in_channels), weight)
+        if self.has_bias:
+            y = self.bias_add(y, self.bias)
+        return y.reshape(x.shape[0], -1, self.out_channels)
 
 
 def conv1x1(in_channels, out_channels, has_bias=True):
     """A pointwise convolution: [batch, in_channels, K] -> [batch, out_channels, K]."""
-    return nn.Conv1d(in_channels, out_channels, 1, has_bias=has_bias, pad_mode="valid")
+    return PointwiseConv(in_channels, out_channels, has_bias)
 
 
 class ConvBlock(nn.Cell):
@@ -79,11 +142,13 @@ class ConvBlock(nn.Cell):
     1x1 conv B->H, PReLU, norm, depthwise conv (kernel P, dilation d), PReLU, norm, then a residual
     1x1 conv H->B and a skip 1x1 conv H->Sc (no skip conv when Sc is 0).
 
-    [batch, B, K] -> (residual [batch, B, K], skip [batch, Sc, K] or None)
+    [batch, B, K] -> (residual [batch, B, K], skip [batch, Sc, K] or None);
+    construct_frames_last: the same with [batch, K, channels].
     """
 
     def __init__(self, B, H, Sc, P, dilation, norm_type, causal):
         super().__init__()
+        self.H, self.dilation = H, dilation
         self.conv1x1 = conv1x1(B, H)
         self.prelu1 = nn.PReLU()
         self.norm1 = make_norm(norm_type, H)
@@ -99,6 +164,11 @@ class ConvBlock(nn.Cell):
         self.norm2 = make_norm(norm_type, H)
         self.res_conv = conv1x1(H, B)
         self.skip_conv = conv1x1(H, Sc) if Sc else None
+        # Frames last with gLN: PReLU + gLN, and depthwise conv + PReLU + gLN, as fused cells.
+        self.fuse_gln = norm_type == "gLN"
+        self.prelu_norm = PReLUNorm()
+        self.dconv_prelu_norm = DepthwisePReLUNorm(P, dilation, self.pad)
+        self.frame_pad = FramePad(*self.pad)
 
     def construct(self, x):
         y = self.norm1(self.prelu1(self.conv1x1(x)))
@@ -109,6 +179,23 @@ class ConvBlock(nn.Cell):
             return residual, None
         return residual, self.skip_conv(y)
 
+    def construct_frames_last(self, x):
+        u = self.conv1x1.construct_frames_last(x)
+        if self.fuse_gln:
+            y = self.prelu_norm(u, self.prelu1.w, self.norm1.norm.gamma, self.norm1.norm.beta)
+            y = self.dconv_prelu_norm(y, self.dconv.weight, self.dconv.bias, self.prelu2.w,
+                                      self.norm2.norm.gamma, self.norm2.norm.beta)
+        else:
+            y = self.norm1.construct_frames_last(prelu(u, self.prelu1.w))
+            taps = self.dconv.weight.reshape(self.H, -1).T
+            y = depthwise(self.frame_pad(y), taps, self.dconv.bias, self.dilation,
+                          self.pad[0] + self.pad[1])
+            y = self.norm2.construct_frames_last(prelu(y, self.prelu2.w))
+        residual = self.res_conv.construct_frames_last(y)
+        if self.skip_conv is None:
+            return residual, None
+        return residual, self.skip_conv.construct_frames_last(y)
+
 
 class TemporalConvNet(nn.Cell):
     """The separator: masks for C sources from the encoder output.
@@ -116,7 +203,8 @@ class TemporalConvNet(nn.Cell):
     norm, 1x1 bottleneck N->B, R repeats of X ConvBlocks, PReLU, 1x1 conv (Sc or B)->C*N, mask
     nonlinearity.
 
-    [batch, N, K] -> masks [batch, C, N, K]
+    [batch, N, K] -> masks [batch, C, N, K], in either formulation (`frames_last`, set by
+    ConvTasNet.set_formulation); construct_frames_last: [batch, K, N] -> masks [batch, K, C, N].
     """
 
     def __init__(self, N, B, H, Sc, P, X, R, C, norm_type, causal, mask_nonlinear):
@@ -138,19 +226,40 @@ class TemporalConvNet(nn.Cell):
         else:
             raise UserError(f"mask_nonlinear: expected relu, sigmoid or softmax, "
                             f"got {mask_nonlinear!r}")
+        # Frames last the speakers are axis 2 of [batch, K, C, N].
+        self.mask_act_frames_last = (nn.Softmax(axis=2) if mask_nonlinear == "softmax"
+                                     else self.mask_act)
+        self.frames_last = False
 
     def construct(self, w):
-        x = self.bottleneck(self.layer_norm(w))
+        if self.frames_last:
+            return self.construct_frames_last(w.transpose(0, 2, 1)).transpose(0, 2, 3, 1)
+        scores = self.mask_scores(w, False).reshape(w.shape[0], self.C, self.N, -1)
+        return self.mask_act(scores)
+
+    def construct_frames_last(self, w):
+        scores = self.mask_scores(w, True).reshape(w.shape[0], -1, self.C, self.N)
+        return self.mask_act_frames_last(scores)
+
+    def mask_scores(self, w, frames_last):
+        """Scores before the mask nonlinearity: [batch, C*N, K] (frames last: [batch, K, C*N])."""
+        if frames_last:
+            x = self.bottleneck.construct_frames_last(self.layer_norm.construct_frames_last(w))
+        else:
+            x = self.bottleneck(self.layer_norm(w))
         skip_sum = 0
         for block in self.blocks:
-            residual, skip = block(x)
+            if frames_last:
+                residual, skip = block.construct_frames_last(x)
+            else:
+                residual, skip = block(x)
             x = x + residual
             if self.use_skip:
                 skip_sum = skip_sum + skip
         y = skip_sum if self.use_skip else x
-        scores = self.mask_conv(self.mask_prelu(y))
-        scores = scores.reshape(w.shape[0], self.C, self.N, -1)
-        return self.mask_act(scores)
+        if frames_last:
+            return self.mask_conv.construct_frames_last(prelu(y, self.mask_prelu.w))
+        return self.mask_conv(self.mask_prelu(y))
 
 
 class ConvTasNet(nn.Cell):
@@ -172,6 +281,9 @@ class ConvTasNet(nn.Cell):
     The input is zero-padded at the end so that the frames cover every sample. When causal, it is
     also padded with L-1 zeros in front, so the window of the frame that starts writing output
     sample t ends at input sample t.
+
+    The formulation (module docstring) is `default_formulation()` at construction; change it with
+    `set_formulation` before the first call.
     """
 
     def __init__(self, N=512, L=16, B=128, H=512, Sc=128, P=3, X=8, R=3, C=2, norm_type="gLN",
@@ -201,6 +313,17 @@ class ConvTasNet(nn.Cell):
                                           pad_mode="valid")
         # ops.Pad (constant paddings) rather than ops.pad (PadV3): the ONNX converter has no PadV3.
         self.input_pad = ops.Pad(((0, 0), (self.front_pad, edge_pad + L)))
+        self.matmul = ops.MatMul()
+        self.formulation = None
+        self.set_formulation(default_formulation())
+
+    def set_formulation(self, formulation):
+        """Compute as "conv" or "matmul" (module docstring); the parameters are the same."""
+        if formulation not in FORMULATIONS:
+            raise UserError(f"formulation: expected one of {FORMULATIONS}, got {formulation!r}")
+        self.formulation = formulation
+        self.separator.frames_last = formulation == "matmul"
+        return self
 
     def num_frames(self, length):
         """Encoder frames K for an input of `length` samples."""
@@ -218,7 +341,10 @@ class ConvTasNet(nn.Cell):
         span = (frames - 1) * self.stride + self.L
         # A constant end padding cut to the frames' span: a MINDIR with a dynamic time axis
         # cannot hold a padding that depends on the length.
-        x = self.input_pad(mixture)[:, :span].expand_dims(1)
+        x = self.input_pad(mixture)[:, :span]                  # [batch, (K-1)*L/2+L]
+        if self.formulation == "matmul":
+            return self.construct_frames_last(x, length)
+        x = x.expand_dims(1)
         w = self.encoder(x)                                    # [batch, N, K]
         if self.encoder_relu:
             w = ops.relu(w)
@@ -227,6 +353,28 @@ class ConvTasNet(nn.Cell):
         s = self.decoder(masked)                               # [batch*C, 1, (K-1)*L/2+L]
         s = s[:, 0, self.edge_pad:self.edge_pad + length]
         return s.reshape(batch, self.C, -1)
+
+    def construct_frames_last(self, x, length):
+        """The matmul formulation of `construct` from the padded input x [batch, (K+1)*L/2]."""
+        batch, S = x.shape[0], self.stride
+        halves = x.reshape(batch, -1, S)                        # [batch, K+1, L/2]
+        frames = ops.concat((halves[:, :-1], halves[:, 1:]), axis=2)      # [batch, K, L]
+        basis = self.encoder.weight.reshape(self.N, self.L)
+        w = self.matmul(frames.reshape(-1, self.L), basis.T).reshape(batch, -1, self.N)
+        if self.encoder_relu:
+            w = ops.relu(w)                                    # [batch, K, N]
+        masks = self.separator.construct_frames_last(w)        # [batch, K, C, N]
+        masked = (masks * broadcast_like(w.expand_dims(2), masks)).reshape(-1, self.N)
+        synthesis = self.decoder.weight.reshape(self.N, self.L)
+        segments = self.matmul(masked, synthesis).reshape(batch, -1, self.C, self.L)
+        segments = segments.transpose(0, 2, 1, 3)              # [batch, C, K, L]
+        # Overlap-add with hop L/2: output hop k is the first half of frame k plus the second
+        # half of frame k-1.
+        zero = ops.zeros_like(segments[:, :, :1, :S])
+        s = (ops.concat((segments[:, :, :, :S], zero), axis=2)
+             + ops.concat((zero, segments[:, :, :, S:]), axis=2))   # [batch, C, K+1, L/2]
+        s = s.reshape(batch, self.C, -1)
+        return s[:, :, self.edge_pad:self.edge_pad + length]
 
 
 def count_parameters(net):

@@ -1,0 +1,260 @@
+"""The frames-last ("matmul") formulation computes what the channels-first ("conv") one does.
+
+Outputs and gradients of whole networks are compared between the two formulations with the same
+parameters; the fused cells with hand-written gradients are checked against numpy and against
+MindSpore's autodiff of the same expressions; graphs with a dynamic time axis (set_inputs, MINDIR)
+and graph-kernel fusion (what init_device turns on for CPU) are checked against the plain graphs.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import nn
+
+from src.conv_tasnet import ConvTasNet, default_formulation
+from src.errors import UserError
+from src.fused_layers import (DepthwisePReLUNorm, FramePad, PReLUNorm, _gln_forward, depthwise,
+                              prelu)
+from src.loss import PITLoss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=3, R=2)
+SHORT = dict(X=2, R=2)  # fewer blocks where graphs with gradients are compiled
+VARIANTS = {
+    "gLN": (SMALL, 71),
+    "gLN-edge-pad": ({**SMALL, "edge_pad": 2}, 70),
+    "cLN-causal": ({**SMALL, "norm_type": "cLN", "causal": True}, 53),
+    "BN": ({**SMALL, "norm_type": "BN"}, 48),
+    "softmax-no-skip-3-speakers": ({**SMALL, "Sc": 0, "C": 3, "mask_nonlinear": "softmax"}, 45),
+    "sigmoid-relu-encoder": ({**SMALL, "mask_nonlinear": "sigmoid",
+                              "encoder_activation": "relu"}, 40),
+}
+
+
+def twin_networks(kwargs):
+    """A conv and a matmul ConvTasNet with the same (random, non-trivial) parameters."""
+    ms.set_seed(3)
+    conv = ConvTasNet(**kwargs).set_formulation("conv")
+    rng = np.random.default_rng(4)
+    for _, param in conv.parameters_and_names():
+        # Perturb gains, biases and slopes too, so that every parameter matters.
+        param.set_data(ms.Tensor(param.asnumpy() + 0.1 * rng.standard_normal(param.shape)
+                                 .astype(np.float32)))
+    matmul = ConvTasNet(**kwargs).set_formulation("matmul")
+    ms.load_param_into_net(matmul, {name: p for name, p in conv.parameters_and_names()})
+    return conv, matmul
+
+
+def signals(batch, length, C, seed=5):
+    rng = np.random.default_rng(seed)
+    mixture = rng.standard_normal((batch, length)).astype(np.float32)
+    sources = rng.standard_normal((batch, C, length)).astype(np.float32)
+    return mixture, sources
+
+
+def assert_close(actual, expected, rel=1e-5):
+    """Equal up to `rel` times the largest magnitude of `expected` (float rounding)."""
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * scale)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_formulations_give_the_same_outputs(name):
+    kwargs, length = VARIANTS[name]
+    conv, matmul = twin_networks(kwargs)
+    conv.set_train(False)
+    matmul.set_train(False)
+    mixture, _ = signals(2, length, kwargs.get("C", 2))
+    expected = conv(ms.Tensor(mixture)).asnumpy()
+    actual = matmul(ms.Tensor(mixture)).asnumpy()
+    assert actual.shape == expected.shape == (2, kwargs.get("C", 2), length)
+    assert_close(actual, expected)
+
+
+def loss_and_gradients(net, mixture, sources, lengths):
+    loss_fn = PITLoss(net.C)
+
+    def forward(x, s, n):
+        return loss_fn(net(x), s, n)
+    params = net.trainable_params()
+    loss, grads = ms.jit(ms.value_and_grad(forward, None, params))(
+        ms.Tensor(mixture), ms.Tensor(sources), ms.Tensor(lengths))
+    return float(loss.asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}
+
+
+def assert_same_gradients(actual, expected, rel=1e-4):
+    assert sorted(actual) == sorted(expected)
+    for name, grad in expected.items():
+        error = np.linalg.norm(actual[name] - grad)
+        assert error <= rel * np.linalg.norm(grad) + 1e-7, name
+
+
+@pytest.mark.parametrize("name", ["gLN", "cLN-causal"])
+def test_formulations_give_the_same_gradients(name):
+    # gLN runs the fused cells, cLN the unfused frames-last layers (as BN does).
+    kwargs, length = VARIANTS[name]
+    conv, matmul = twin_networks({**kwargs, **SHORT})
+    mixture, sources = signals(2, length, kwargs.get("C", 2))
+    lengths = np.array([length, length - 9], np.int32)  # a padded utterance in the batch
+    loss_conv, grads_conv = loss_and_gradients(conv, mixture, sources, lengths)
+    loss_matmul, grads_matmul = loss_and_gradients(matmul, mixture, sources, lengths)
+    assert loss_matmul == pytest.approx(loss_conv, rel=1e-5)
+    assert_same_gradients(grads_matmul, grads_conv)
+
+
+def numpy_block_chain(v, weight, bias, a, gamma, beta, dilation, pads):
+    """gLN(PReLU(depthwise(v) + bias)) in numpy; v [batch, K, H], weight [H, 1, 1, P]."""
+    taps = weight.reshape(weight.shape[0], -1)                    # [H, P]
+    padded = np.pad(v, ((0, 0), pads, (0, 0)))
+    frames = v.shape[1]
+    z = sum(padded[:, p * dilation:p * dilation + frames] * taps[:, p]
+            for p in range(taps.shape[1])) + bias
+    z = np.where(z > 0, z, a * z)
+    mean = z.mean(axis=(1, 2), keepdims=True)
+    var = z.var(axis=(1, 2), keepdims=True)
+    return (z - mean) / np.sqrt(var + 1e-8) * gamma + beta
+
+
+class PlainChain(nn.Cell):
+    """The chain of DepthwisePReLUNorm without its hand-written gradient (autodiff)."""
+
+    def __init__(self, dilation, pads):
+        super().__init__()
+        self.dilation, self.total_pad = dilation, pads[0] + pads[1]
+        self.pad = FramePad(*pads)
+
+    def construct(self, v, weight, bias, a, gamma, beta):
+        taps = weight.reshape(weight.shape[0], -1).T
+        z = depthwise(self.pad(v), taps, bias, self.dilation, self.total_pad)
+        return _gln_forward(prelu(z, a), gamma, beta)[0]
+
+
+class PlainPReLUNorm(nn.Cell):
+    def construct(self, u, a, gamma, beta):
+        return _gln_forward(prelu(u, a), gamma, beta)[0]
+
+
+def chain_inputs(batch, frames, H, P, seed=6):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch, frames, H)).astype(np.float32),
+            rng.standard_normal((H, 1, 1, P)).astype(np.float32),
+            rng.standard_normal(H).astype(np.float32),
+            np.array([0.3], np.float32),
+            (1 + 0.2 * rng.standard_normal(H)).astype(np.float32),
+            (0.2 * rng.standard_normal(H)).astype(np.float32)]
+
+
+def input_gradients(cell, inputs, seed=7):
+    """Gradients of <cell(*inputs), R> for a fixed random R with respect to every input."""
+    tensors = [ms.Tensor(x) for x in inputs]
+    weights = ms.Tensor(np.random.default_rng(seed).standard_normal(
+        cell(*tensors).shape).astype(np.float32))
+
+    def objective(*args):
+        return (cell(*args) * weights).sum()
+    grads = ms.jit(ms.grad(objective, grad_position=tuple(range(len(tensors)))))(*tensors)
+    return [g.asnumpy() for g in grads]
+
+
+# (dilation, pads, frames): symmetric and causal paddings, and inputs shorter than the padding.
+CHAINS = [(2, (2, 2), 9), (4, (8, 0), 11), (4, (4, 4), 3), (1, (2, 0), 1)]
+
+
+@pytest.mark.parametrize("dilation,pads,frames", CHAINS)
+def test_depthwise_chain_matches_numpy_and_autodiff(dilation, pads, frames):
+    inputs = chain_inputs(2, frames, 6, 3)
+    fused = DepthwisePReLUNorm(3, dilation, pads)
+    actual = fused(*[ms.Tensor(x) for x in inputs]).asnumpy()
+    expected = numpy_block_chain(*inputs, dilation, pads)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    for got, want in zip(input_gradients(fused, inputs),
+                         input_gradients(PlainChain(dilation, pads), inputs)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_prelu_norm_gradient_matches_autodiff():
+    u, _, _, a, gamma, beta = chain_inputs(2, 13, 6, 3)
+    inputs = [u, a, gamma, beta]
+    for got, want in zip(input_gradients(PReLUNorm(), inputs),
+                         input_gradients(PlainPReLUNorm(), inputs)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+class DynamicLength(nn.Cell):
+    """`net` compiled once for any length (a dynamic time axis, as evaluation does)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, mixture):
+        return self.net(mixture)
+
+
+def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path):
+    conv, matmul = twin_networks(SMALL)
+    conv.set_train(False)
+    matmul.set_train(False)
+    dynamic = DynamicLength(matmul)
+    dynamic.set_inputs(ms.Tensor(shape=[1, None], dtype=ms.float32))
+    stem = str(tmp_path / "model")
+    ms.export(matmul, ms.Tensor(shape=[1, None], dtype=ms.float32), file_name=stem,
+              file_format="MINDIR")
+    graph = nn.GraphCell(ms.load(stem + ".mindir"))
+    for length in (37, 64):
+        mixture = ms.Tensor(signals(1, length, 2)[0])
+        expected = conv(mixture).asnumpy()
+        assert_close(dynamic(mixture).asnumpy(), expected)
+        assert_close(graph(mixture).asnumpy(), expected)
+
+
+GRAPH_KERNEL_SCRIPT = """
+import json, sys
+import numpy as np
+import mindspore as ms
+sys.path.insert(0, {root!r})
+from src.model_utils.config import load_config
+from src.model_utils.device import init_device
+from tests.test_fast_formulation import SHORT, SMALL, loss_and_gradients, signals, twin_networks
+init_device(load_config([]))
+_, matmul = twin_networks({{**SMALL, **SHORT}})
+mixture, sources = signals(2, 64, 2)
+loss, grads = loss_and_gradients(matmul, mixture, sources, np.array([64, 50], np.int32))
+np.savez({out!r}, **grads)
+print(json.dumps({{"graph_kernel": ms.get_context("enable_graph_kernel"),
+                  "formulation": matmul.formulation, "loss": loss}}))
+"""
+
+
+def test_graph_kernel_fusion_on_cpu_keeps_the_gradients(tmp_path):
+    # In a subprocess: init_device turns graph-kernel fusion on for the whole process.
+    out = str(tmp_path / "grads.npz")
+    script = GRAPH_KERNEL_SCRIPT.format(root=ROOT, out=out)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "GLOG_v": "3"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["graph_kernel"] is True and report["formulation"] == "matmul"
+    conv, _ = twin_networks({**SMALL, **SHORT})
+    mixture, sources = signals(2, 64, 2)
+    loss, grads = loss_and_gradients(conv, mixture, sources, np.array([64, 50], np.int32))
+    assert report["loss"] == pytest.approx(loss, rel=1e-5)
+    fused = np.load(out)
+    assert_same_gradients({name: fused[name] for name in fused.files}, grads)
+
+
+def test_formulation_is_chosen_by_device():
+    assert default_formulation("CPU") == "matmul"
+    assert default_formulation("GPU") == "conv"
+    assert default_formulation("Ascend") == "conv"
+    assert ConvTasNet(**SMALL).formulation == default_formulation(ms.get_context("device_target"))
+
+
+def test_unknown_formulation_refused():
+    with pytest.raises(UserError, match="formulation: expected one of"):
+        ConvTasNet(**SMALL).set_formulation("fft")
