@@ -28,12 +28,20 @@ def _unscale_grad(scale, grad):
     return grad / ops.cast(scale, grad.dtype)
 
 
-_all_finite = ops.MultitypeFuncGraph("all_finite")
+_square_sum = ops.MultitypeFuncGraph("square_sum")
 
 
-@_all_finite.register("Tensor")
-def _grad_finite(grad):
-    return ops.isfinite(grad).all()
+@_square_sum.register("Tensor")
+def _grad_square_sum(grad):
+    return (grad * grad).sum()
+
+
+_scale = ops.MultitypeFuncGraph("scale")
+
+
+@_scale.register("Tensor", "Tensor")
+def _scale_grad(factor, grad):
+    return grad * ops.cast(factor, grad.dtype)
 
 
 def init_parallel(cfg):
@@ -103,14 +111,19 @@ class TrainStep(nn.TrainOneStepCell):
         grads = self.grad(self.network, self.weights)(mixture, sources, lengths, sens)
         grads = self.grad_reducer(grads)
         grads = self.hyper_map(ops.partial(_unscale, self.loss_scale), grads)
-        finite = ops.stack(self.hyper_map(_all_finite, grads)).all()
-        finite = ops.logical_and(finite, ops.isfinite(loss))
+        # One global norm serves the finiteness test and the clipping: a NaN or inf anywhere
+        # makes it non-finite (so does a norm beyond float32's range). An IsFinite per gradient
+        # instead cost 0.3 s a step on CPU, a quarter of the paper configuration's step.
+        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(loss))
         if self.distributed:
             # The mean loss of all devices, for the logs; a NaN anywhere makes it NaN everywhere.
             loss = self.allreduce(loss) / self.rank_size
             finite = ops.logical_and(finite, ops.isfinite(loss))
         if self.clip_norm > 0:
-            grads = ops.clip_by_global_norm(grads, self.clip_norm)
+            # As ops.clip_by_global_norm, with the norm computed once.
+            factor = self.clip_norm / ops.maximum(norm, self.clip_norm)
+            grads = self.hyper_map(ops.partial(_scale, factor), grads)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
         return loss, finite

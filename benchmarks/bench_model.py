@@ -1,0 +1,211 @@
+"""Speed and memory of the Conv-TasNet cell: training step, inference, exported MINDIR.
+
+Every measurement runs in a fresh process of its own, so that the peak memory (RSS) of one does
+not mix with another's, and after its graph compilation and warm-up steps.
+
+    python benchmarks/bench_model.py [--config_path CFG] [--<config key>=<value> ...]
+        [--batch 1] [--seconds 2.0] [--repeats 5] [--warmup 1] [--infer_seconds 10.0]
+        [--measure train,infer,infer_dynamic,mindir,mindir_static] [--formulation auto]
+        [--threads 0]
+
+Measurements (--measure):
+    train          the project's training step (src/train_step.py: forward, PIT SI-SNR loss,
+                   gradients, clipping, optimizer) on a batch of --batch mixtures of --seconds
+    infer          the cell's forward pass on one --infer_seconds mixture (graph compiled for it)
+    infer_dynamic  the same through a graph compiled once for any length (set_inputs with a
+                   dynamic time axis, as evaluation runs it)
+    mindir         exported with a dynamic time axis, loaded through nn.GraphCell
+    mindir_static  exported for exactly --infer_seconds, loaded through nn.GraphCell
+Config keys are those of default_config.yaml (model sizes, device_target, cpu_graph_kernel, lr,
+clip_grad_norm, ...); --formulation conv or matmul overrides the network's choice by device.
+
+Prints one JSON object: for each measurement the median and minimum seconds over --repeats,
+samples_per_s (training mixtures per second), rtf (seconds of compute per second of audio),
+first_s (the first call: graph compilation included) and peak_rss_mb; and the machine.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from src.errors import UserError, run_main  # noqa: E402
+
+MEASUREMENTS = ("train", "infer", "infer_dynamic", "mindir", "mindir_static")
+
+
+def bench_arguments(parser):
+    """The benchmark's own flags (the rest are config keys)."""
+    parser.add_argument("--batch", type=int, default=1, help="training mixtures per step")
+    parser.add_argument("--seconds", type=float, default=2.0, help="training mixture length, s")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps or calls")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed steps or calls after the first (compiling) one")
+    parser.add_argument("--infer_seconds", type=float, default=10.0,
+                        help="length of the inference clip, s")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="compute threads (0: the framework's default)")
+    return parser
+
+
+def parse_arguments(argv, description):
+    """(benchmark args, config argv, measurements) from the command line."""
+    parser = bench_arguments(argparse.ArgumentParser(description=description, add_help=False))
+    parser.add_argument("--measure", default=",".join(MEASUREMENTS))
+    parser.add_argument("--formulation", default="auto", choices=["auto", "conv", "matmul"])
+    args, config_argv = parser.parse_known_args(argv)
+    if "-h" in config_argv or "--help" in config_argv:
+        parser.print_help()
+        sys.exit(0)
+    measures = [m for m in args.measure.split(",") if m]
+    unknown = [m for m in measures if m not in MEASUREMENTS]
+    if unknown:
+        raise UserError(f"--measure: expected some of {','.join(MEASUREMENTS)}, got {unknown}")
+    for name in ("batch", "repeats"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name}: expected a positive integer, got {getattr(args, name)}")
+    for name in ("seconds", "infer_seconds"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name}: expected a positive duration, got {getattr(args, name)}")
+    return args, config_argv, measures
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed_calls(call, repeats, warmup):
+    """(first call seconds, [seconds of each timed call]); `call` must wait for its result."""
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return first, times
+
+
+def summary(first, times, **extra):
+    return dict(median_s=float(np.median(times)), min_s=float(min(times)), first_s=first,
+                times_s=[round(t, 4) for t in times], peak_rss_mb=round(peak_rss_mb()), **extra)
+
+
+def measure_mindspore(kind, spec):
+    """One measurement in this process (a child of `main`); returns its result dict."""
+    import mindspore as ms
+    from src.conv_tasnet import ConvTasNet, model_kwargs
+    from src.evaluate import dynamic_model_function
+    from src.export_utils import export_network, load_mindir
+    from src.inference import model_function
+    from src.model_utils.config import load_config
+    from src.model_utils.device import init_device
+    from src.train_step import make_train_step
+
+    cfg = load_config(spec["config_argv"])
+    init_device(cfg)
+    if spec["threads"]:
+        ms.set_context(runtime_num_threads=spec["threads"])
+    net = ConvTasNet(**model_kwargs(cfg))
+    if spec["formulation"] != "auto":
+        net.set_formulation(spec["formulation"])
+    rng = np.random.default_rng(0)
+    info = dict(formulation=net.formulation, graph_kernel=bool(
+        ms.get_context("enable_graph_kernel")))
+    if kind == "train":
+        batch, samples = spec["batch"], int(round(spec["seconds"] * cfg.sample_rate))
+        mixture = ms.Tensor(rng.standard_normal((batch, samples)).astype(np.float32))
+        sources = ms.Tensor(rng.standard_normal((batch, cfg.n_src, samples)).astype(np.float32))
+        lengths = ms.Tensor(np.full((batch,), samples, np.int32))
+        step = make_train_step(net, cfg)
+        first, times = timed_calls(lambda: step(mixture, sources, lengths)[0].asnumpy(),
+                                   spec["repeats"], spec["warmup"])
+        return summary(first, times, samples_per_s=batch / float(np.median(times)), **info)
+    net.set_train(False)
+    samples = int(round(spec["infer_seconds"] * cfg.sample_rate))
+    clip = rng.standard_normal((1, samples)).astype(np.float32)
+    if kind == "infer":
+        model_fn = model_function(net)
+    elif kind == "infer_dynamic":
+        model_fn = dynamic_model_function(net)
+    elif kind in ("mindir", "mindir_static"):
+        info["formulation_exported"] = info.pop("formulation")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_network(net, os.path.join(tmp, "model"), "MINDIR",
+                                  samples if kind == "mindir_static" else 0, cfg.device_target)
+            model_fn = model_function(load_mindir(path))
+    else:
+        raise UserError(f"--measure: unknown measurement {kind}")
+    first, times = timed_calls(lambda: model_fn(clip), spec["repeats"], spec["warmup"])
+    return summary(first, times, rtf=float(np.median(times)) / spec["infer_seconds"], **info)
+
+
+def run_child(python, script, mode, spec, env=None):
+    """Run `script --<mode>=<spec json>` with `python`; returns the JSON it prints last."""
+    child_env = {**os.environ, "GLOG_v": "3", **(env or {})}
+    if spec.get("threads"):
+        child_env["OMP_NUM_THREADS"] = str(spec["threads"])
+    proc = subprocess.run([python, script, f"--{mode}={json.dumps(spec)}"], capture_output=True,
+                          text=True, env=child_env, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def machine():
+    """CPU model, cores, memory, load and library versions of this machine."""
+    model = platform.processor()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                      if line.startswith("Model name")), model)
+    except OSError:
+        pass
+    with open("/proc/meminfo", encoding="ascii") as f:
+        mem_kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
+    return dict(cpu=model, cores=os.cpu_count(), ram_gb=round(mem_kb / 2 ** 20, 1),
+                load_average=[round(x, 2) for x in os.getloadavg()],
+                python=platform.python_version())
+
+
+def child_spec(args, config_argv):
+    return dict(config_argv=config_argv, batch=args.batch, seconds=args.seconds,
+                repeats=args.repeats, warmup=args.warmup, infer_seconds=args.infer_seconds,
+                threads=args.threads, formulation=args.formulation)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    child = [a for a in argv if a.startswith("--_measure_")]
+    if child:
+        kind, spec = child[0][len("--_measure_"):].split("=", 1)
+        print(json.dumps(measure_mindspore(kind, json.loads(spec))))
+        return
+    args, config_argv, measures = parse_arguments(argv, __doc__.splitlines()[0])
+    from src.model_utils.config import load_config
+    load_config(config_argv)  # refuse bad config keys before starting any child
+    spec = child_spec(args, config_argv)
+    results = {"machine": machine(), "settings": {k: v for k, v in spec.items()}}
+    for kind in measures:
+        results[kind] = run_child(sys.executable, os.path.abspath(__file__),
+                                  f"_measure_{kind}", spec)
+    results["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    run_main(main)
