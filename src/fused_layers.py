@@ -30,6 +30,7 @@ _tile = ops.Tile()
 _concat_frames = ops.Concat(axis=1)
 _stack_taps = ops.Stack(axis=1)
 _bias_add = ops.BiasAdd()
+_depend = ops.Depend()
 
 
 def broadcast_like(x, like):
@@ -147,6 +148,7 @@ class GlobalNorm(nn.Cell):
         return _gln_forward(x, gamma, beta)[0]
 
     def bprop(self, x, gamma, beta, out, dout):
+        x = _depend(x, dout)
         _, normalised, rstd = _gln_forward(x, gamma, beta)
         return _gln_backward(dout, normalised, rstd, gamma)
 
@@ -161,6 +163,7 @@ class PReLUNorm(nn.Cell):
         return _gln_forward(prelu(u, a), gamma, beta)[0]
 
     def bprop(self, u, a, gamma, beta, out, dout):
+        u = _depend(u, dout)
         _, normalised, rstd = _gln_forward(prelu(u, a), gamma, beta)
         dp, dgamma, dbeta = _gln_backward(dout, normalised, rstd, gamma)
         du, da = _prelu_backward(dp, u, a)
@@ -191,6 +194,7 @@ class DepthwisePReLUNorm(nn.Cell):
         return _gln_forward(prelu(z, a), gamma, beta)[0]
 
     def bprop(self, v, weight, bias, a, gamma, beta, out, dout):
+        v = _depend(v, dout)
         taps = weight.reshape(-1, self.P).T
         padded = self.pad(v)
         z = depthwise(padded, taps, bias, self.dilation, self.total_pad)
