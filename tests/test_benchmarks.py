@@ -1,0 +1,43 @@
+"""The model benchmark runs its measurements and reports them (timings are not asserted)."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks", "bench_model.py")
+TINY = ["--N=16", "--L=16", "--B=8", "--H=16", "--Sc=8", "--X=2", "--R=1", "--device_target=CPU"]
+
+
+def run_bench(*args):
+    return subprocess.run([sys.executable, BENCH, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_bench_model_measures_training_and_the_exported_model():
+    result = run_bench(*TINY, "--measure=train,infer,mindir", "--repeats=2", "--warmup=0",
+                       "--batch=2", "--seconds=0.5", "--infer_seconds=1.0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["settings"]["batch"] == 2
+    for kind in ("train", "infer", "mindir"):
+        measured = report[kind]
+        assert "error" not in measured, measured
+        assert len(measured["times_s"]) == 2
+        assert 0 < measured["min_s"] <= measured["median_s"]
+        assert measured["peak_rss_mb"] > 0
+    assert report["train"]["samples_per_s"] == 2 / report["train"]["median_s"]
+    assert report["infer"]["rtf"] == report["infer"]["median_s"] / 1.0
+    # On CPU the network runs in its frames-last formulation, and the export keeps it.
+    assert report["train"]["formulation"] == "matmul"
+    assert report["mindir"]["formulation_exported"] == "matmul"
+
+
+def test_bench_model_refuses_bad_flags_in_one_line():
+    for args, expected in ((["--measure=train,fly"], "--measure"),
+                           (["--batch=0"], "--batch"),
+                           (["--no_such_key=1"], "no_such_key")):
+        result = run_bench(*TINY, *args)
+        assert result.returncode == 2, args
+        assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
