@@ -8,6 +8,10 @@ input instead of keeping every intermediate tensor for the backward pass:
     PReLUNorm:          u -> gLN(PReLU(u))
     DepthwisePReLUNorm: v -> gLN(PReLU(depthwise_conv(v) + bias))
 
+Each `bprop` makes its recomputation depend on the incoming gradient (ops.Depend): without that,
+the compiler merges the recomputation with the identical forward computation and keeps every
+intermediate after all (a paper-configuration training step on 1 x 4 s: 3.8 GB instead of 2.4).
+
 The weights come in as inputs (a cell with a custom `bprop` gets gradients only for its inputs),
 so the parameters stay where the model keeps them, under their usual names. The reductions are
 written as sums over the last axis of 2-D views, the fast reductions of MindSpore's CPU kernels;
