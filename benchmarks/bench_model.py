@@ -182,6 +182,19 @@ def machine():
                 python=platform.python_version())
 
 
+def child_mode(argv, prefix, measure):
+    """Run one measurement when `argv` holds run_child's `--<prefix><kind>=<spec json>`.
+
+    Prints measure(kind, spec) as JSON and returns True; returns False for any other command line.
+    """
+    child = [a for a in argv if a.startswith(f"--{prefix}")]
+    if not child:
+        return False
+    kind, spec = child[0][len(prefix) + 2:].split("=", 1)
+    print(json.dumps(measure(kind, json.loads(spec))))
+    return True
+
+
 def child_spec(args, config_argv):
     return dict(config_argv=config_argv, batch=args.batch, seconds=args.seconds,
                 repeats=args.repeats, warmup=args.warmup, infer_seconds=args.infer_seconds,
@@ -190,10 +203,7 @@ def child_spec(args, config_argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    child = [a for a in argv if a.startswith("--_measure_")]
-    if child:
-        kind, spec = child[0][len("--_measure_"):].split("=", 1)
-        print(json.dumps(measure_mindspore(kind, json.loads(spec))))
+    if child_mode(argv, "_measure_", measure_mindspore):
         return
     args, config_argv, measures = parse_arguments(argv, __doc__.splitlines()[0])
     from src.model_utils.config import load_config

@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_model import (child_spec, machine, parse_arguments, run_child,  # noqa: E402
-                         summary, timed_calls)
+from bench_model import (child_mode, child_spec, machine, parse_arguments,  # noqa: E402
+                         run_child, summary, timed_calls)
 from src.errors import UserError, run_main  # noqa: E402
 
 RATIO_KEYS = ("median_s", "peak_rss_mb", "rtf")
@@ -114,10 +114,7 @@ def medians(runs):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    child = [a for a in argv if a.startswith("--_torch_")]
-    if child:
-        kind, spec = child[0][len("--_torch_"):].split("=", 1)
-        print(json.dumps(measure_torch(kind, json.loads(spec))))
+    if child_mode(argv, "_torch_", measure_torch):
         return
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--torch_python", default=sys.executable)
