@@ -5,10 +5,12 @@ not mix with another's, and after its graph compilation and warm-up steps.
 
     python benchmarks/bench_model.py [--config_path CFG] [--<config key>=<value> ...]
         [--batch 1] [--seconds 2.0] [--repeats 5] [--warmup 1] [--infer_seconds 10.0]
-        [--measure train,infer,infer_dynamic,mindir,mindir_static] [--formulation auto]
+        [--measure framework,train,infer,infer_dynamic,mindir,mindir_static]
+        [--formulation auto]
         [--threads 0]
 
 Measurements (--measure):
+    framework      peak RSS with the framework imported and the model built, before any graph
     train          the project's training step (src/train_step.py: forward, PIT SI-SNR loss,
                    gradients, clipping, optimizer) on a batch of --batch mixtures of --seconds
     infer          the cell's forward pass on one --infer_seconds mixture (graph compiled for it)
@@ -40,7 +42,7 @@ sys.path.insert(0, ROOT)
 
 from src.errors import UserError, run_main  # noqa: E402
 
-MEASUREMENTS = ("train", "infer", "infer_dynamic", "mindir", "mindir_static")
+MEASUREMENTS = ("framework", "train", "infer", "infer_dynamic", "mindir", "mindir_static")
 
 
 def bench_arguments(parser):
@@ -124,6 +126,8 @@ def measure_mindspore(kind, spec):
     rng = np.random.default_rng(0)
     info = dict(formulation=net.formulation, graph_kernel=bool(
         ms.get_context("enable_graph_kernel")))
+    if kind == "framework":
+        return dict(peak_rss_mb=round(peak_rss_mb()), **info)
     if kind == "train":
         batch, samples = spec["batch"], int(round(spec["seconds"] * cfg.sample_rate))
         mixture = ms.Tensor(rng.standard_normal((batch, samples)).astype(np.float32))

@@ -14,7 +14,8 @@ PyTorch side: Asteroid's ConvTasNet (masknn.TDConvNet, gLN/cLN/BN, the same N, L
 X, R, C), Asteroid's PITLossWrapper over pairwise_neg_sisdr, torch.optim.Adam (cfg.lr), gradient
 clipping to cfg.clip_grad_norm; inference under torch.inference_mode. Measurements: train,
 infer (the module), and for MindSpore's infer_dynamic/mindir/mindir_static the same module call
-(PyTorch runs any length without compiling). torch and asteroid are not project dependencies;
+(PyTorch runs any length without compiling); framework: peak RSS with torch and Asteroid
+imported and the model built. torch and asteroid are not project dependencies;
 install them as benchmarks/README.md says (--torch_python: the interpreter that has them).
 """
 import argparse
@@ -28,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_model import (child_mode, child_spec, machine, parse_arguments,  # noqa: E402
-                         run_child, summary, timed_calls)
+                         peak_rss_mb, run_child, summary, timed_calls)
 from src.errors import UserError, run_main  # noqa: E402
 
 RATIO_KEYS = ("median_s", "peak_rss_mb", "rtf")
@@ -57,6 +58,8 @@ def measure_torch(kind, spec):
     net = asteroid_model(model_cfg)
     rng = np.random.default_rng(0)
     info = dict(threads=torch.get_num_threads(), torch=torch.__version__)
+    if kind == "framework":
+        return dict(peak_rss_mb=round(peak_rss_mb()), **info)
     if kind == "train":
         batch = spec["batch"]
         samples = int(round(spec["seconds"] * model_cfg["sample_rate"]))
@@ -86,6 +89,11 @@ def measure_torch(kind, spec):
             return net(torch.from_numpy(clip)).numpy()
     first, times = timed_calls(infer, spec["repeats"], spec["warmup"])
     return summary(first, times, rtf=float(np.median(times)) / spec["infer_seconds"], **info)
+
+
+def torch_kind(kind):
+    """The Asteroid measurement that corresponds to MindSpore's measurement `kind`."""
+    return kind if kind in ("framework", "train") else "infer"
 
 
 def model_settings(cfg):
@@ -133,7 +141,7 @@ def main(argv=None):
     runs = {kind: [] for kind in measures}
     # PyTorch runs any length without compiling, so one Asteroid inference measurement stands
     # for all of MindSpore's inference variants, and its runs are pooled.
-    torch_kinds = sorted({"train" if kind == "train" else "infer" for kind in measures})
+    torch_kinds = sorted({torch_kind(kind) for kind in measures})
     torch_runs = {kind: [] for kind in torch_kinds}
     results = {"machine": machine(), "settings": spec}
     started = time.time()
@@ -143,8 +151,7 @@ def main(argv=None):
         for kind in torch_kinds:
             torch_runs[kind].append(run_child(own.torch_python, script, f"_torch_{kind}", spec))
     for kind in measures:
-        torch_kind = "train" if kind == "train" else "infer"
-        ms_result, torch_result = medians(runs[kind]), medians(torch_runs[torch_kind])
+        ms_result, torch_result = medians(runs[kind]), medians(torch_runs[torch_kind(kind)])
         ratios = {key: ms_result[key] / torch_result[key] for key in RATIO_KEYS
                   if key in ms_result and key in torch_result and torch_result[key]}
         results[kind] = dict(mindspore=ms_result, pytorch=torch_result,

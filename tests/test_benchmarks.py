@@ -15,7 +15,7 @@ def run_bench(*args):
 
 
 def test_bench_model_measures_training_and_the_exported_model():
-    result = run_bench(*TINY, "--measure=train,infer,mindir", "--repeats=2", "--warmup=0",
+    result = run_bench(*TINY, "--measure=framework,train,infer,mindir", "--repeats=2", "--warmup=0",
                        "--batch=2", "--seconds=0.5", "--infer_seconds=1.0")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
@@ -26,6 +26,8 @@ def test_bench_model_measures_training_and_the_exported_model():
         assert len(measured["times_s"]) == 2
         assert 0 < measured["min_s"] <= measured["median_s"]
         assert measured["peak_rss_mb"] > 0
+    # The framework alone, before any graph, is part of every other measurement's peak.
+    assert 0 < report["framework"]["peak_rss_mb"] < report["train"]["peak_rss_mb"]
     assert report["train"]["samples_per_s"] == 2 / report["train"]["median_s"]
     assert report["infer"]["rtf"] == report["infer"]["median_s"] / 1.0
     # On CPU the network runs in its frames-last formulation, and the export keeps it.
