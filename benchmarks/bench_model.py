@@ -6,8 +6,7 @@ not mix with another's, and after its graph compilation and warm-up steps.
     python benchmarks/bench_model.py [--config_path CFG] [--<config key>=<value> ...]
         [--batch 1] [--seconds 2.0] [--repeats 5] [--warmup 1] [--infer_seconds 10.0]
         [--measure framework,train,infer,infer_dynamic,mindir,mindir_static]
-        [--formulation auto]
-        [--threads 0]
+        [--formulation auto] [--threads 0] [--profile]
 
 Measurements (--measure):
     framework      peak RSS with the framework imported and the model built, before any graph
@@ -18,6 +17,9 @@ Measurements (--measure):
                    dynamic time axis, as evaluation runs it)
     mindir         exported with a dynamic time axis, loaded through nn.GraphCell
     mindir_static  exported for exactly --infer_seconds, loaded through nn.GraphCell
+--profile adds, per measurement, the operators that took the most time per call (MindSpore's
+profiler over --repeats further calls; CPU operator times, fused kernels named GraphKernel_*; the
+peak RSS then includes the profiler's).
 Config keys are those of default_config.yaml (model sizes, device_target, cpu_graph_kernel, lr,
 clip_grad_norm, ...); --formulation conv or matmul overrides the network's choice by device.
 
@@ -56,6 +58,8 @@ def bench_arguments(parser):
                         help="length of the inference clip, s")
     parser.add_argument("--threads", type=int, default=0,
                         help="compute threads (0: the framework's default)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also report the operators that took the most time")
     return parser
 
 
@@ -105,6 +109,36 @@ def summary(first, times, **extra):
                 times_s=[round(t, 4) for t in times], peak_rss_mb=round(peak_rss_mb()), **extra)
 
 
+def profile_operators(call, calls, top=12):
+    """MindSpore's profiler over `calls` calls: [(operator type, ms per call, kernels per call)]."""
+    import csv
+    import glob
+    from mindspore import Profiler
+
+    with tempfile.TemporaryDirectory() as tmp:
+        profiler = Profiler(output_path=tmp)
+        for _ in range(calls):
+            call()
+        profiler.analyse()
+        tables = glob.glob(os.path.join(tmp, "**", "cpu_op_type_info_*.csv"), recursive=True)
+        if not tables:
+            return []
+        with open(tables[0], encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    rows.sort(key=lambda r: -float(r["total_compute_time"]))
+    return [(r["op_type"][:120], round(float(r["total_compute_time"]) / calls, 2),
+             int(r["type_occurrences"]) // calls) for r in rows[:top]]
+
+
+def measured(call, spec, **extra):
+    """timed_calls + summary, and the operator profile when spec["profile"]."""
+    first, times = timed_calls(call, spec["repeats"], spec["warmup"])
+    result = summary(first, times, **extra)
+    if spec.get("profile"):
+        result["top_operators_ms_per_call"] = profile_operators(call, spec["repeats"])
+    return result
+
+
 def measure_mindspore(kind, spec):
     """One measurement in this process (a child of `main`); returns its result dict."""
     import mindspore as ms
@@ -134,9 +168,9 @@ def measure_mindspore(kind, spec):
         sources = ms.Tensor(rng.standard_normal((batch, cfg.n_src, samples)).astype(np.float32))
         lengths = ms.Tensor(np.full((batch,), samples, np.int32))
         step = make_train_step(net, cfg)
-        first, times = timed_calls(lambda: step(mixture, sources, lengths)[0].asnumpy(),
-                                   spec["repeats"], spec["warmup"])
-        return summary(first, times, samples_per_s=batch / float(np.median(times)), **info)
+        result = measured(lambda: step(mixture, sources, lengths)[0].asnumpy(), spec, **info)
+        result["samples_per_s"] = batch / result["median_s"]
+        return result
     net.set_train(False)
     samples = int(round(spec["infer_seconds"] * cfg.sample_rate))
     clip = rng.standard_normal((1, samples)).astype(np.float32)
@@ -152,13 +186,14 @@ def measure_mindspore(kind, spec):
             model_fn = model_function(load_mindir(path))
     else:
         raise UserError(f"--measure: unknown measurement {kind}")
-    first, times = timed_calls(lambda: model_fn(clip), spec["repeats"], spec["warmup"])
-    return summary(first, times, rtf=float(np.median(times)) / spec["infer_seconds"], **info)
+    result = measured(lambda: model_fn(clip), spec, **info)
+    result["rtf"] = result["median_s"] / spec["infer_seconds"]
+    return result
 
 
-def run_child(python, script, mode, spec, env=None):
+def run_child(python, script, mode, spec):
     """Run `script --<mode>=<spec json>` with `python`; returns the JSON it prints last."""
-    child_env = {**os.environ, "GLOG_v": "3", **(env or {})}
+    child_env = {**os.environ, "GLOG_v": "3"}
     if spec.get("threads"):
         child_env["OMP_NUM_THREADS"] = str(spec["threads"])
     proc = subprocess.run([python, script, f"--{mode}={json.dumps(spec)}"], capture_output=True,
@@ -202,7 +237,7 @@ def child_mode(argv, prefix, measure):
 def child_spec(args, config_argv):
     return dict(config_argv=config_argv, batch=args.batch, seconds=args.seconds,
                 repeats=args.repeats, warmup=args.warmup, infer_seconds=args.infer_seconds,
-                threads=args.threads, formulation=args.formulation)
+                threads=args.threads, formulation=args.formulation, profile=args.profile)
 
 
 def main(argv=None):
@@ -213,7 +248,7 @@ def main(argv=None):
     from src.model_utils.config import load_config
     load_config(config_argv)  # refuse bad config keys before starting any child
     spec = child_spec(args, config_argv)
-    results = {"machine": machine(), "settings": {k: v for k, v in spec.items()}}
+    results = {"machine": machine(), "settings": spec}
     for kind in measures:
         results[kind] = run_child(sys.executable, os.path.abspath(__file__),
                                   f"_measure_{kind}", spec)

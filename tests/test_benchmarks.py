@@ -16,7 +16,7 @@ def run_bench(*args):
 
 def test_bench_model_measures_training_and_the_exported_model():
     result = run_bench(*TINY, "--measure=framework,train,infer,mindir", "--repeats=2", "--warmup=0",
-                       "--batch=2", "--seconds=0.5", "--infer_seconds=1.0")
+                       "--batch=2", "--seconds=0.5", "--infer_seconds=1.0", "--profile")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["settings"]["batch"] == 2
@@ -26,6 +26,9 @@ def test_bench_model_measures_training_and_the_exported_model():
         assert len(measured["times_s"]) == 2
         assert 0 < measured["min_s"] <= measured["median_s"]
         assert measured["peak_rss_mb"] > 0
+    # The profile names the operators of the formulation that ran: matrix products on CPU.
+    operators = [name for name, _, _ in report["train"]["top_operators_ms_per_call"]]
+    assert "MatMul" in operators, operators
     # The framework alone, before any graph, is part of every other measurement's peak.
     assert 0 < report["framework"]["peak_rss_mb"] < report["train"]["peak_rss_mb"]
     assert report["train"]["samples_per_s"] == 2 / report["train"]["median_s"]
