@@ -13,7 +13,7 @@ Names follow the paper:
 
 Shapes use `batch`, `T` (samples), `K` (encoder frames) and channel names from the list above.
 
-One model, two formulations of the same computation (`ConvTasNet.set_formulation`), chosen by
+One model, three formulations of the same computation (`ConvTasNet.set_formulation`), chosen by
 device in `default_formulation`:
     "conv"    channels first, [batch, channels, K]: MindSpore's convolution and GroupNorm
               operators. Used on Ascend and GPU.
@@ -22,24 +22,33 @@ device in `default_formulation`:
               gradients (src/fused_layers.py). Used on CPU, where MindSpore's depthwise-conv,
               GroupNorm and PReLU kernels (forward and backward) cost more than the matrix
               products of the whole network (benchmarks/README.md).
-Both have the same parameters (names and shapes) and the same outputs and gradients up to float
-rounding.
+    "kernels" "matmul" with the forward pass of each fused chain (gLN, PReLU, the depthwise
+              convolution) as one C++ kernel (src/cpu_kernels.py). Used on CPU when the kernels
+              can be compiled there: 3-6x faster than those chains in MindSpore's operators, and
+              in graphs of any length, where MindSpore has no graph-kernel fusion.
+All have the same parameters (names and shapes) and the same outputs and gradients up to float
+rounding. An exported graph (MINDIR, ONNX) always holds MindSpore's own operators
+(src/export_utils.py), whatever the formulation.
 """
 import mindspore as ms
 from mindspore import nn, ops
 
+from src import cpu_kernels
 from src.errors import UserError
-from src.fused_layers import (DepthwisePReLUNorm, FramePad, GlobalNorm, PReLUNorm, broadcast_like,
-                              depthwise, prelu)
+from src.fused_layers import (DepthwisePReLUNorm, FramePad, FusedCell, GlobalNorm, PReLUNorm,
+                              broadcast_like, depthwise, prelu)
 
 EPS = 1e-8
-FORMULATIONS = ("conv", "matmul")
+FORMULATIONS = ("conv", "matmul", "kernels")
 
 
 def default_formulation(device_target=None):
-    """The faster formulation on `device_target` (default: the context's): matmul on CPU."""
+    """The fastest formulation on `device_target` (default: the context's): on CPU "kernels"
+    where the C++ kernels are on (config key cpu_kernels) and build, else "matmul"."""
     target = device_target or ms.get_context("device_target")
-    return "matmul" if target == "CPU" else "conv"
+    if target != "CPU":
+        return "conv"
+    return "kernels" if cpu_kernels.available() else "matmul"
 
 
 class GlobalLayerNorm(nn.Cell):
@@ -318,11 +327,18 @@ class ConvTasNet(nn.Cell):
         self.set_formulation(default_formulation())
 
     def set_formulation(self, formulation):
-        """Compute as "conv" or "matmul" (module docstring); the parameters are the same."""
+        """Compute as "conv", "matmul" or "kernels" (module docstring); the parameters are the
+        same."""
         if formulation not in FORMULATIONS:
             raise UserError(f"formulation: expected one of {FORMULATIONS}, got {formulation!r}")
+        if formulation == "kernels" and cpu_kernels.library() is None:
+            raise UserError("formulation: the CPU kernels cannot be built on this machine "
+                            "(a C++ compiler is needed); use matmul")
         self.formulation = formulation
-        self.separator.frames_last = formulation == "matmul"
+        self.separator.frames_last = formulation != "conv"
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, FusedCell):
+                cell.use_kernel(formulation == "kernels")
         return self
 
     def num_frames(self, length):
@@ -342,7 +358,7 @@ class ConvTasNet(nn.Cell):
         # A constant end padding cut to the frames' span: a MINDIR with a dynamic time axis
         # cannot hold a padding that depends on the length.
         x = self.input_pad(mixture)[:, :span]                  # [batch, (K-1)*L/2+L]
-        if self.formulation == "matmul":
+        if self.formulation != "conv":
             return self.construct_frames_last(x, length)
         x = x.expand_dims(1)
         w = self.encoder(x)                                    # [batch, N, K]

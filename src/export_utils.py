@@ -57,6 +57,11 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=".tmp-export-", dir=directory)
+    # The C++ kernels of the CPU formulation are a library of this machine: the file gets the
+    # same computation in MindSpore's operators.
+    formulation = getattr(net, "formulation", None)
+    if formulation == "kernels":
+        net.set_formulation("matmul")
     try:
         tmp_stem = os.path.join(tmp_dir, "model")
         ms.export(net, example, file_name=tmp_stem, file_format=file_format)
@@ -68,6 +73,8 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
         raise UserError(f"file_format: {file_format} export failed: {why}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if formulation == "kernels":
+            net.set_formulation(formulation)
     return path
 
 

@@ -17,11 +17,17 @@ so the parameters stay where the model keeps them, under their usual names. The 
 written as sums over the last axis of 2-D views, the fast reductions of MindSpore's CPU kernels;
 autodiff of the same expressions reduces over leading axes, which is several times slower there.
 
+With `use_kernel(True)` (the "kernels" formulation on CPU) the forward pass of each of these cells
+is one C++ kernel (src/cpu_kernels.py); the backward pass stays as written here.
+
 Only primitives are called inside these cells: the functional wrappers (ops.relu, ops.zeros_like)
 break MindSpore 2.7's graph compiler when they are used in both `construct` and `bprop`.
 """
-from mindspore import nn, ops
+import numpy as np
+from mindspore import Tensor, nn, ops
 from mindspore.ops import functional as F
+
+from src import cpu_kernels
 
 EPS = 1e-8
 
@@ -142,13 +148,27 @@ def depthwise(padded, taps, bias, dilation, total_pad):
     return add_bias(z, bias)
 
 
-class GlobalNorm(nn.Cell):
+class FusedCell(nn.Cell):
+    """A fused chain whose forward pass can run as the C++ kernel of the same name."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = None
+
+    def use_kernel(self, on):
+        """Run the forward pass as the C++ kernel (on) or as MindSpore operators (off)."""
+        self.kernel = cpu_kernels.custom_op(type(self).__name__) if on else None
+
+
+class GlobalNorm(FusedCell):
     """gLN, frames-last.
 
     construct(x [batch, K, H], gamma [H], beta [H]) -> [batch, K, H]
     """
 
     def construct(self, x, gamma, beta):
+        if self.kernel is not None:
+            return self.kernel(x, gamma, beta)
         return _gln_forward(x, gamma, beta)[0]
 
     def bprop(self, x, gamma, beta, out, dout):
@@ -157,13 +177,15 @@ class GlobalNorm(nn.Cell):
         return _gln_backward(dout, normalised, rstd, gamma)
 
 
-class PReLUNorm(nn.Cell):
+class PReLUNorm(FusedCell):
     """gLN(PReLU(u)), frames-last.
 
     construct(u [batch, K, H], a [1], gamma [H], beta [H]) -> [batch, K, H]
     """
 
     def construct(self, u, a, gamma, beta):
+        if self.kernel is not None:
+            return self.kernel(u, a, gamma, beta)
         return _gln_forward(prelu(u, a), gamma, beta)[0]
 
     def bprop(self, u, a, gamma, beta, out, dout):
@@ -174,7 +196,7 @@ class PReLUNorm(nn.Cell):
         return du, da, dgamma, dbeta
 
 
-class DepthwisePReLUNorm(nn.Cell):
+class DepthwisePReLUNorm(FusedCell):
     """gLN(PReLU(depthwise dilated conv(v) + bias)), frames-last; the conv as P shifted products.
 
     Args:
@@ -191,9 +213,12 @@ class DepthwisePReLUNorm(nn.Cell):
         self.pad = FramePad(pads[0], pads[1])
         # The transposed convolution pads the other way round.
         self.pad_transposed = FramePad(pads[1], pads[0])
+        self.kernel_meta = Tensor(np.array([dilation, pads[0]], np.float32))
 
     def construct(self, v, weight, bias, a, gamma, beta):
         taps = weight.reshape(-1, self.P).T
+        if self.kernel is not None:
+            return self.kernel(v, taps, bias, self.kernel_meta, a, gamma, beta)
         z = depthwise(self.pad(v), taps, bias, self.dilation, self.total_pad)
         return _gln_forward(prelu(z, a), gamma, beta)[0]
 

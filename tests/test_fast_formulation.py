@@ -1,6 +1,7 @@
-"""The frames-last ("matmul") formulation computes what the channels-first ("conv") one does.
+"""The frames-last formulations ("matmul", and "kernels" with the C++ kernels) compute what the
+channels-first ("conv") one does.
 
-Outputs and gradients of whole networks are compared between the two formulations with the same
+Outputs and gradients of whole networks are compared between the formulations with the same
 parameters; the fused cells with hand-written gradients are checked against numpy and against
 MindSpore's autodiff of the same expressions; graphs with a dynamic time axis (set_inputs, MINDIR)
 and graph-kernel fusion (what init_device turns on for CPU) are checked against the plain graphs.
@@ -17,6 +18,7 @@ from mindspore import nn
 
 from src.conv_tasnet import ConvTasNet, default_formulation
 from src.errors import UserError
+from src.export_utils import export_network
 from src.fused_layers import (DepthwisePReLUNorm, FramePad, PReLUNorm, _gln_forward, depthwise,
                               prelu)
 from src.loss import PITLoss
@@ -35,8 +37,8 @@ VARIANTS = {
 }
 
 
-def twin_networks(kwargs):
-    """A conv and a matmul ConvTasNet with the same (random, non-trivial) parameters."""
+def twin_networks(kwargs, formulation="matmul"):
+    """A conv and a `formulation` ConvTasNet with the same (random, non-trivial) parameters."""
     ms.set_seed(3)
     conv = ConvTasNet(**kwargs).set_formulation("conv")
     rng = np.random.default_rng(4)
@@ -44,9 +46,9 @@ def twin_networks(kwargs):
         # Perturb gains, biases and slopes too, so that every parameter matters.
         param.set_data(ms.Tensor(param.asnumpy() + 0.1 * rng.standard_normal(param.shape)
                                  .astype(np.float32)))
-    matmul = ConvTasNet(**kwargs).set_formulation("matmul")
-    ms.load_param_into_net(matmul, {name: p for name, p in conv.parameters_and_names()})
-    return conv, matmul
+    other = ConvTasNet(**kwargs).set_formulation(formulation)
+    ms.load_param_into_net(other, {name: p for name, p in conv.parameters_and_names()})
+    return conv, other
 
 
 def signals(batch, length, C, seed=5):
@@ -62,10 +64,11 @@ def assert_close(actual, expected, rel=1e-5):
     np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * scale)
 
 
+@pytest.mark.parametrize("formulation", ["matmul", "kernels"])
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_formulations_give_the_same_outputs(name):
+def test_formulations_give_the_same_outputs(name, formulation):
     kwargs, length = VARIANTS[name]
-    conv, matmul = twin_networks(kwargs)
+    conv, matmul = twin_networks(kwargs, formulation)
     conv.set_train(False)
     matmul.set_train(False)
     mixture, _ = signals(2, length, kwargs.get("C", 2))
@@ -93,11 +96,12 @@ def assert_same_gradients(actual, expected, rel=1e-4):
         assert error <= rel * np.linalg.norm(grad) + 1e-7, name
 
 
-@pytest.mark.parametrize("name", ["gLN", "cLN-causal"])
-def test_formulations_give_the_same_gradients(name):
+@pytest.mark.parametrize("name,formulation", [("gLN", "matmul"), ("gLN", "kernels"),
+                                              ("cLN-causal", "matmul")])
+def test_formulations_give_the_same_gradients(name, formulation):
     # gLN runs the fused cells, cLN the unfused frames-last layers (as BN does).
     kwargs, length = VARIANTS[name]
-    conv, matmul = twin_networks({**kwargs, **SHORT})
+    conv, matmul = twin_networks({**kwargs, **SHORT}, formulation)
     mixture, sources = signals(2, length, kwargs.get("C", 2))
     lengths = np.array([length, length - 9], np.int32)  # a padded utterance in the batch
     loss_conv, grads_conv = loss_and_gradients(conv, mixture, sources, lengths)
@@ -196,16 +200,17 @@ class DynamicLength(nn.Cell):
         return self.net(mixture)
 
 
-def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path):
-    conv, matmul = twin_networks(SMALL)
+@pytest.mark.parametrize("formulation", ["matmul", "kernels"])
+def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path, formulation):
+    conv, matmul = twin_networks(SMALL, formulation)
     conv.set_train(False)
     matmul.set_train(False)
     dynamic = DynamicLength(matmul)
     dynamic.set_inputs(ms.Tensor(shape=[1, None], dtype=ms.float32))
-    stem = str(tmp_path / "model")
-    ms.export(matmul, ms.Tensor(shape=[1, None], dtype=ms.float32), file_name=stem,
-              file_format="MINDIR")
-    graph = nn.GraphCell(ms.load(stem + ".mindir"))
+    # export_network: the "kernels" formulation is exported in MindSpore's operators
+    path = export_network(matmul, str(tmp_path / "model"))
+    assert matmul.formulation == formulation
+    graph = nn.GraphCell(ms.load(path))
     for length in (37, 64):
         mixture = ms.Tensor(signals(1, length, 2)[0])
         expected = conv(mixture).asnumpy()
@@ -222,7 +227,7 @@ from src.model_utils.config import load_config
 from src.model_utils.device import init_device
 from tests.test_fast_formulation import SHORT, SMALL, loss_and_gradients, signals, twin_networks
 init_device(load_config([]))
-_, matmul = twin_networks({{**SMALL, **SHORT}})
+_, matmul = twin_networks({{**SMALL, **SHORT}}, {formulation!r})
 mixture, sources = signals(2, 64, 2)
 loss, grads = loss_and_gradients(matmul, mixture, sources, np.array([64, 50], np.int32))
 np.savez({out!r}, **grads)
@@ -231,15 +236,16 @@ print(json.dumps({{"graph_kernel": ms.get_context("enable_graph_kernel"),
 """
 
 
-def test_graph_kernel_fusion_on_cpu_keeps_the_gradients(tmp_path):
+@pytest.mark.parametrize("formulation", ["matmul", "kernels"])
+def test_graph_kernel_fusion_on_cpu_keeps_the_gradients(tmp_path, formulation):
     # In a subprocess: init_device turns graph-kernel fusion on for the whole process.
     out = str(tmp_path / "grads.npz")
-    script = GRAPH_KERNEL_SCRIPT.format(root=ROOT, out=out)
+    script = GRAPH_KERNEL_SCRIPT.format(root=ROOT, out=out, formulation=formulation)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=ROOT, env={**os.environ, "GLOG_v": "3"}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["graph_kernel"] is True and report["formulation"] == "matmul"
+    assert report["graph_kernel"] is True and report["formulation"] == formulation
     conv, _ = twin_networks({**SMALL, **SHORT})
     mixture, sources = signals(2, 64, 2)
     loss, grads = loss_and_gradients(conv, mixture, sources, np.array([64, 50], np.int32))
@@ -249,7 +255,7 @@ def test_graph_kernel_fusion_on_cpu_keeps_the_gradients(tmp_path):
 
 
 def test_formulation_is_chosen_by_device():
-    assert default_formulation("CPU") == "matmul"
+    assert default_formulation("CPU") == "kernels"
     assert default_formulation("GPU") == "conv"
     assert default_formulation("Ascend") == "conv"
     assert ConvTasNet(**SMALL).formulation == default_formulation(ms.get_context("device_target"))

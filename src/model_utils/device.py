@@ -3,6 +3,7 @@ import os
 
 import mindspore as ms
 
+from src import cpu_kernels
 from src.errors import UserError
 
 
@@ -29,6 +30,7 @@ def init_device(cfg, mode=ms.GRAPH_MODE):
         # instead of copied, 5x faster. It applies to graphs with static shapes.
         ms.set_context(enable_graph_kernel=True,
                        graph_kernel_flags="--enable_cluster_ops=StridedSlice")
+    cpu_kernels.set_enabled(getattr(cfg, "cpu_kernels", True))
     ms.set_seed(cfg.seed)
 
 
