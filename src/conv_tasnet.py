@@ -24,7 +24,7 @@ device in `default_formulation`:
               products of the whole network (benchmarks/README.md).
     "kernels" "matmul" with the forward pass of each fused chain (gLN, PReLU, the depthwise
               convolution) as one C++ kernel (src/cpu_kernels.py). Used on CPU when the kernels
-              can be compiled there: 3-6x faster than those chains in MindSpore's operators, and
+              can be compiled there: 2-6x faster than those chains in MindSpore's operators, and
               in graphs of any length, where MindSpore has no graph-kernel fusion.
 All have the same parameters (names and shapes) and the same outputs and gradients up to float
 rounding. An exported graph (MINDIR, ONNX) always holds MindSpore's own operators
