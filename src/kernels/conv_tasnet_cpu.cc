@@ -9,8 +9,9 @@
 //   DepthwisePReLUNorm(v, taps, bias, meta, a, gamma, beta)  -> gLN(PReLU_a(dconv(v) + bias))
 //
 // taps [P, H] (tap p reads frame k + p * dilation - pad_before; zeros outside 0..K-1);
-// meta float32 [2] = (dilation, pad_before); a [1]; gamma, beta, bias [H]. Single-threaded: inside
-// MindSpore's CPU runtime a second thread of ours competes with its own (about 3x slower on 2 cores).
+// meta float32 [2] = (dilation, pad_before); a [1]; gamma, beta, bias [H]. Single-threaded:
+// inside MindSpore's CPU runtime a second thread of ours competes with its own (about 3x slower
+// on 2 cores).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
