@@ -4,6 +4,7 @@ A run killed at any moment (even by SIGKILL) then leaves either the previous com
 new complete file under the real name, never a partial one.
 """
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -36,6 +37,18 @@ def atomic_output(path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_leftovers(directory):
+    """Delete the temporary files that writes killed mid-way left in `directory`.
+
+    That is every file named `.tmp-*`: those of `atomic_output`, and the `.tmp-*.tmp` that
+    MindSpore's `save_checkpoint` writes before renaming it to the temporary `.ckpt` name.
+    Call it only where no other process is writing into `directory`.
+    """
+    for path in glob.glob(os.path.join(glob.escape(directory), ".tmp-*")):
+        if os.path.isfile(path):
+            os.remove(path)
 
 
 def write_text(path, text):

@@ -141,12 +141,6 @@ def load_train_checkpoint(step_cell, net, path):
     return TrainState.from_json(str(params[STATE_KEY]))
 
 
-def remove_partial_checkpoints(directory):
-    """Delete the temporary files of checkpoint writes that a killed run left in `directory`."""
-    for path in glob.glob(os.path.join(directory, ".tmp-*.ckpt")):
-        os.remove(path)
-
-
 def prune_epoch_checkpoints(directory, keep):
     """Delete all but the `keep` newest epoch checkpoints of this run."""
     pattern = re.compile(re.escape(PREFIX) + r"-epoch(\d+)\.ckpt$")

@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from src.conv_tasnet import ConvTasNet, model_kwargs
 from src.curves import write_curves
-from src.atomic import write_yaml
+from src.atomic import remove_leftovers, write_yaml
 from src.errors import UserError
 from src.evaluate import dynamic_model_function, evaluate
 from src.train_state import (TrainState, best_path, end_of_epoch, epoch_path, last_path,
                              load_train_checkpoint, new_running, prune_epoch_checkpoints,
-                             remove_partial_checkpoints, resume_path, save_train_checkpoint)
+                             resume_path, save_train_checkpoint)
 from src.train_step import init_parallel, make_train_step, set_learning_rate
 
 CONFIG_NAME = "config.yaml"
@@ -126,7 +126,7 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
     set_learning_rate(step_cell.optimizer, state.lr)
     if is_main:
         save_config(cfg, out_dir)
-        remove_partial_checkpoints(out_dir)
+        remove_leftovers(out_dir)
     samples_per_step = cfg.batch_size * rank_size
     log(f"training: {steps_per_epoch} steps per epoch, {cfg.batch_size} mixtures per device x "
         f"{rank_size} device(s), optimizer {cfg.optimizer}, output in {out_dir}")

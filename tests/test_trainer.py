@@ -176,6 +176,10 @@ def test_run_killed_with_sigkill_resumes_where_its_checkpoint_left_off(tmp_path,
             proc.kill()
     saved = read_state(last_path(str(killed_dir)))
     assert saved is not None and saved.epoch < 2
+    # What a kill during a checkpoint write leaves (atomic_output's name, MindSpore's own .tmp),
+    # whether or not this kill happened to land there.
+    (killed_dir / ".tmp-killedwrite.ckpt").write_bytes(b"")
+    (killed_dir / ".tmp-killedwrite.tmp").write_bytes(b"partial")
 
     cfg = load_config(flags(output_dir=killed_dir, resume="auto", **common))
     ms.set_seed(cfg.seed)  # what train.py's init_device does; the device is set already
