@@ -73,13 +73,29 @@ def _column_sums(x):
     return x.reshape(-1, x.shape[-1]).sum(axis=0)
 
 
-def _gln_forward(p, gamma, beta):
-    """gLN of p [batch, K, H]: (output, normalised p, 1/std [batch, 1])."""
+def _centre(p):
+    """p [batch, K, H] -> (p minus its mean, as [batch, K*H]; 1/std [batch, 1])."""
     flat = p.reshape(p.shape[0], -1)
     centred = flat - flat.mean(axis=1, keep_dims=True)
-    rstd = _rsqrt((centred * centred).mean(axis=1, keep_dims=True) + EPS)
-    normalised = (centred * rstd).reshape(p.shape)
-    return normalised * broadcast_like(gamma, p) + broadcast_like(beta, p), normalised, rstd
+    return centred, _rsqrt((centred * centred).mean(axis=1, keep_dims=True) + EPS)
+
+
+def gln(p, gamma, beta):
+    """gLN of p [batch, K, H] -> [batch, K, H].
+
+    As centred * (1/std * gamma) + beta, beta by BiasAdd: in a dynamic-shape graph (no fusion)
+    that is one full-size product and one full-size broadcast fewer than normalising first, and
+    a third faster (11 vs 17 ms on [1, 10000, 512]).
+    """
+    centred, rstd = _centre(p)
+    scale = (rstd * gamma.reshape(1, -1)).reshape(p.shape[0], 1, -1)
+    return add_bias(centred.reshape(p.shape) * broadcast_like(scale, p), beta)
+
+
+def _normalised(p):
+    """(the normalised p [batch, K, H], 1/std [batch, 1]): what gLN's backward pass needs."""
+    centred, rstd = _centre(p)
+    return (centred * rstd).reshape(p.shape), rstd
 
 
 def _gln_backward(dout, normalised, rstd, gamma):
@@ -169,11 +185,11 @@ class GlobalNorm(FusedCell):
     def construct(self, x, gamma, beta):
         if self.kernel is not None:
             return self.kernel(x, gamma, beta)
-        return _gln_forward(x, gamma, beta)[0]
+        return gln(x, gamma, beta)
 
     def bprop(self, x, gamma, beta, out, dout):
         x = _depend(x, dout)
-        _, normalised, rstd = _gln_forward(x, gamma, beta)
+        normalised, rstd = _normalised(x)
         return _gln_backward(dout, normalised, rstd, gamma)
 
 
@@ -186,11 +202,11 @@ class PReLUNorm(FusedCell):
     def construct(self, u, a, gamma, beta):
         if self.kernel is not None:
             return self.kernel(u, a, gamma, beta)
-        return _gln_forward(prelu(u, a), gamma, beta)[0]
+        return gln(prelu(u, a), gamma, beta)
 
     def bprop(self, u, a, gamma, beta, out, dout):
         u = _depend(u, dout)
-        _, normalised, rstd = _gln_forward(prelu(u, a), gamma, beta)
+        normalised, rstd = _normalised(prelu(u, a))
         dp, dgamma, dbeta = _gln_backward(dout, normalised, rstd, gamma)
         du, da = _prelu_backward(dp, u, a)
         return du, da, dgamma, dbeta
@@ -220,14 +236,14 @@ class DepthwisePReLUNorm(FusedCell):
         if self.kernel is not None:
             return self.kernel(v, taps, bias, self.kernel_meta, a, gamma, beta)
         z = depthwise(self.pad(v), taps, bias, self.dilation, self.total_pad)
-        return _gln_forward(prelu(z, a), gamma, beta)[0]
+        return gln(prelu(z, a), gamma, beta)
 
     def bprop(self, v, weight, bias, a, gamma, beta, out, dout):
         v = _depend(v, dout)
         taps = weight.reshape(-1, self.P).T
         padded = self.pad(v)
         z = depthwise(padded, taps, bias, self.dilation, self.total_pad)
-        _, normalised, rstd = _gln_forward(prelu(z, a), gamma, beta)
+        normalised, rstd = _normalised(prelu(z, a))
         dp, dgamma, dbeta = _gln_backward(dout, normalised, rstd, gamma)
         dz, da = _prelu_backward(dp, z, a)
         dtaps = ()

@@ -19,7 +19,7 @@ from mindspore import nn
 from src.conv_tasnet import ConvTasNet, default_formulation
 from src.errors import UserError
 from src.export_utils import export_network
-from src.fused_layers import (DepthwisePReLUNorm, FramePad, PReLUNorm, _gln_forward, depthwise,
+from src.fused_layers import (DepthwisePReLUNorm, FramePad, PReLUNorm, depthwise, gln,
                               prelu)
 from src.loss import PITLoss
 
@@ -134,12 +134,12 @@ class PlainChain(nn.Cell):
     def construct(self, v, weight, bias, a, gamma, beta):
         taps = weight.reshape(weight.shape[0], -1).T
         z = depthwise(self.pad(v), taps, bias, self.dilation, self.total_pad)
-        return _gln_forward(prelu(z, a), gamma, beta)[0]
+        return gln(prelu(z, a), gamma, beta)
 
 
 class PlainPReLUNorm(nn.Cell):
     def construct(self, u, a, gamma, beta):
-        return _gln_forward(prelu(u, a), gamma, beta)[0]
+        return gln(prelu(u, a), gamma, beta)
 
 
 def chain_inputs(batch, frames, H, P, seed=6):
