@@ -323,6 +323,7 @@ class ConvTasNet(nn.Cell):
         # ops.Pad (constant paddings) rather than ops.pad (PadV3): the ONNX converter has no PadV3.
         self.input_pad = ops.Pad(((0, 0), (self.front_pad, edge_pad + L)))
         self.matmul = ops.MatMul()
+        self.matmul_nt = ops.MatMul(transpose_b=True)
         self.formulation = None
         self.set_formulation(default_formulation())
 
@@ -376,7 +377,7 @@ class ConvTasNet(nn.Cell):
         halves = x.reshape(batch, -1, S)                        # [batch, K+1, L/2]
         frames = ops.concat((halves[:, :-1], halves[:, 1:]), axis=2)      # [batch, K, L]
         basis = self.encoder.weight.reshape(self.N, self.L)
-        w = self.matmul(frames.reshape(-1, self.L), basis.T).reshape(batch, -1, self.N)
+        w = self.matmul_nt(frames.reshape(-1, self.L), basis).reshape(batch, -1, self.N)
         if self.encoder_relu:
             w = ops.relu(w)                                    # [batch, K, N]
         masks = self.separator.construct_frames_last(w)        # [batch, K, C, N]

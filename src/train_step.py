@@ -20,14 +20,6 @@ from mindspore.communication import get_group_size, get_rank, init
 from src.errors import UserError
 from src.loss import PITLoss
 
-_unscale = ops.MultitypeFuncGraph("unscale")
-
-
-@_unscale.register("Tensor", "Tensor")
-def _unscale_grad(scale, grad):
-    return grad / ops.cast(scale, grad.dtype)
-
-
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 
 
@@ -110,20 +102,21 @@ class TrainStep(nn.TrainOneStepCell):
         sens = ops.ones_like(loss) * self.loss_scale
         grads = self.grad(self.network, self.weights)(mixture, sources, lengths, sens)
         grads = self.grad_reducer(grads)
-        grads = self.hyper_map(ops.partial(_unscale, self.loss_scale), grads)
         # One global norm serves the finiteness test and the clipping: a NaN or inf anywhere
         # makes it non-finite (so does a norm beyond float32's range). An IsFinite per gradient
         # instead cost 0.3 s a step on CPU, a quarter of the paper configuration's step.
-        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) / self.loss_scale
         finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(loss))
         if self.distributed:
             # The mean loss of all devices, for the logs; a NaN anywhere makes it NaN everywhere.
             loss = self.allreduce(loss) / self.rank_size
             finite = ops.logical_and(finite, ops.isfinite(loss))
+        # Unscaling and clipping (as ops.clip_by_global_norm, the norm computed once) as one
+        # product per gradient: a division per gradient as well cost 0.2 s a step on CPU.
+        factor = 1.0 / self.loss_scale
         if self.clip_norm > 0:
-            # As ops.clip_by_global_norm, with the norm computed once.
-            factor = self.clip_norm / ops.maximum(norm, self.clip_norm)
-            grads = self.hyper_map(ops.partial(_scale, factor), grads)
+            factor = factor * self.clip_norm / ops.maximum(norm, self.clip_norm)
+        grads = self.hyper_map(ops.partial(_scale, factor), grads)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
         return loss, finite
