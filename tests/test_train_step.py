@@ -38,15 +38,15 @@ def batch(seed=0, batch_size=2, T=120, nan=False):
 
 
 def reference_gradients(net, arrays, n_src=2):
-    """Gradients of the mean PIT loss w.r.t. the trainable parameters, op by op (PYNATIVE)."""
+    """(the mean PIT loss, its gradients w.r.t. the trainable parameters), op by op (PYNATIVE)."""
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         loss_net = NetWithLoss(net, n_src)
         weights = net.trainable_params()
-        grads = ms.grad(loss_net, grad_position=None, weights=weights)(
+        loss, grads = ms.value_and_grad(loss_net, grad_position=None, weights=weights)(
             *[ms.Tensor(a) for a in arrays])
-        return {w.name: g.asnumpy() for w, g in zip(weights, grads)}
+        return float(loss.asnumpy()), {w.name: g.asnumpy() for w, g in zip(weights, grads)}
     finally:
         ms.set_context(mode=previous)
 
@@ -116,7 +116,8 @@ def check_sgd_updates():
                 np.testing.assert_array_equal(after[name], before[name], err_msg=name)
             continue
         assert finite and np.isfinite(loss)
-        grads = reference_gradients(net_at(before), arrays)
+        expected_loss, grads = reference_gradients(net_at(before), arrays)
+        assert loss == pytest.approx(expected_loss, rel=1e-5)
         norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
         assert norm > clip  # so the clipping is active
         for name, g in grads.items():
