@@ -25,6 +25,8 @@ _square_sum = ops.MultitypeFuncGraph("square_sum")
 
 @_square_sum.register("Tensor")
 def _grad_square_sum(grad):
+    if grad.dtype != ms.float32:
+        grad = grad.astype(ms.float32)  # squares of loss-scaled float16 gradients overflow
     return (grad * grad).sum()
 
 

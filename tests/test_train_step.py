@@ -11,8 +11,8 @@ from mindspore import nn
 from src.conv_tasnet import ConvTasNet, model_kwargs
 from src.errors import UserError
 from src.model_utils.config import load_config
-from src.train_step import (NetWithLoss, TrainStep, make_optimizer, make_train_step,
-                            mixed_precision_level)
+from src.train_step import (NetWithLoss, TrainStep, _grad_square_sum, make_optimizer,
+                            make_train_step, mixed_precision_level)
 from train_helpers import flags, graph_mode  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,3 +156,9 @@ def test_optimizers_named_by_the_config():
     sgd = make_optimizer(net, tiny_config("--optimizer=sgd", "--momentum=0.8", "--lr=0.02"))
     assert isinstance(sgd, nn.SGD)
     assert float(sgd.learning_rate.asnumpy()) == pytest.approx(0.02)
+
+
+def test_gradient_norm_of_loss_scaled_float16_gradients_is_finite():
+    # Mixed precision: gradients scaled by the loss scale; 300**2 is beyond float16's range.
+    grad = ms.Tensor(np.full((4,), 300.0, np.float16))
+    assert float(_grad_square_sum(grad).asnumpy()) == pytest.approx(4 * 300.0 ** 2)
