@@ -4,8 +4,6 @@ Each kernel is compared with float64 numpy; the whole networks with the other fo
 compared in tests/test_fast_formulation.py.
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,8 @@ from src import cpu_kernels
 from src.conv_tasnet import ConvTasNet, default_formulation
 from src.errors import UserError
 from src.fused_layers import DepthwisePReLUNorm, GlobalNorm, PReLUNorm
-from tests.test_fast_formulation import CHAINS, ROOT, SMALL, chain_inputs
+from tests.process_helpers import ROOT, run_python
+from tests.test_fast_formulation import CHAINS, SMALL, chain_inputs
 
 def gln64(p, gamma, beta):
     """gLN in float64 over frames and channels of each utterance; p [batch, K, H]."""
@@ -136,11 +135,8 @@ except UserError as err:
 
 
 def test_without_a_compiler_the_model_falls_back_to_mindspore_operators(tmp_path):
-    env = {**os.environ, "CXX": "no-such-c++", "CONV_TASNET_KERNEL_CACHE": str(tmp_path),
-           "GLOG_v": "3"}
-    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT.format(root=ROOT)],
-                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_python(FALLBACK_SCRIPT.format(root=ROOT), CXX="no-such-c++",
+                        CONV_TASNET_KERNEL_CACHE=str(tmp_path))
     assert "formulation matmul" in result.stdout
     assert "shape (1, 2, 64)" in result.stdout
     assert "refused formulation: the CPU kernels cannot be built" in result.stdout

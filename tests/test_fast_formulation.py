@@ -7,9 +7,6 @@ MindSpore's autodiff of the same expressions; graphs with a dynamic time axis (s
 and graph-kernel fusion (what init_device turns on for CPU) are checked against the plain graphs.
 """
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,8 +19,7 @@ from src.export_utils import export_network
 from src.fused_layers import (DepthwisePReLUNorm, FramePad, PReLUNorm, depthwise, gln,
                               prelu)
 from src.loss import PITLoss
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.process_helpers import ROOT, run_python
 SMALL = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=3, R=2)
 SHORT = dict(X=2, R=2)  # fewer blocks where graphs with gradients are compiled
 VARIANTS = {
@@ -241,10 +237,7 @@ def test_graph_kernel_fusion_on_cpu_keeps_the_gradients(tmp_path, formulation):
     # In a subprocess: init_device turns graph-kernel fusion on for the whole process.
     out = str(tmp_path / "grads.npz")
     script = GRAPH_KERNEL_SCRIPT.format(root=ROOT, out=out, formulation=formulation)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "GLOG_v": "3"}, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = json.loads(run_python(script).stdout.strip().splitlines()[-1])
     assert report["graph_kernel"] is True and report["formulation"] == formulation
     conv, _ = twin_networks({**SMALL, **SHORT})
     mixture, sources = signals(2, 64, 2)

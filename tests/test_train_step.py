@@ -1,8 +1,4 @@
 """The training step: updates against reference gradients computed op by op (PYNATIVE mode)."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import mindspore as ms
@@ -13,9 +9,8 @@ from src.errors import UserError
 from src.model_utils.config import load_config
 from src.train_step import (NetWithLoss, TrainStep, _grad_square_sum, make_optimizer,
                             make_train_step, mixed_precision_level)
+from process_helpers import run_python
 from train_helpers import flags, graph_mode  # noqa: F401
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(*extra):
@@ -81,9 +76,7 @@ def test_updates_right_with_graph_kernel_fusion():
               "init_device(tiny_config())\n"
               "assert ms.get_context('enable_graph_kernel')\n"
               "check_sgd_updates()\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "GLOG_v": "3"}, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_python(script)
 
 
 def check_sgd_updates():
