@@ -41,6 +41,7 @@ _concat_frames = ops.Concat(axis=1)
 _stack_taps = ops.Stack(axis=1)
 _bias_add = ops.BiasAdd()
 _depend = ops.Depend()
+_batch_dot = ops.BatchMatMul(transpose_b=True)
 
 
 def broadcast_like(x, like):
@@ -54,7 +55,8 @@ def broadcast_like(x, like):
     but not an explicit one.
     """
     if F.is_sequence_value_unknown(like.shape):
-        return ops.broadcast_to(x, like.shape)
+        x = x.reshape((1,) * (like.ndim - x.ndim) + x.shape)
+        return _tile(x, tuple(n // m for n, m in zip(like.shape, x.shape)))
     return x
 
 
@@ -64,8 +66,9 @@ def add_bias(x, bias):
 
 
 def prelu(u, a):
-    """PReLU with one slope `a` [1], as two ReLUs (MindSpore's CPU PReLU kernels are slow)."""
-    return _relu(u) - a * _relu(-u)
+    """PReLU with one slope `a` [1], as u - (1 - a) * min(u, 0): three operators (MindSpore's
+    CPU PReLU kernels are slow)."""
+    return u - (1 - a) * _minimum(u, 0.0)
 
 
 def _column_sums(x):
@@ -74,10 +77,18 @@ def _column_sums(x):
 
 
 def _centre(p):
-    """p [batch, K, H] -> (p minus its mean, as [batch, K*H]; 1/std [batch, 1])."""
-    flat = p.reshape(p.shape[0], -1)
+    """p [batch, K, H] -> (p minus its mean, as [batch, K*H]; 1/std [batch, 1]).
+
+    The sum of squares as a matrix product [batch, 1, K*H] x [batch, K*H, 1]: one pass over the
+    centred values instead of a full-size square and a reduction (without graph-kernel fusion,
+    i.e. with a dynamic shape, 1.1 against 2.7 ms on [1, 10000, 512]).
+    """
+    batch = p.shape[0]
+    flat = p.reshape(batch, -1)
     centred = flat - flat.mean(axis=1, keep_dims=True)
-    return centred, _rsqrt((centred * centred).mean(axis=1, keep_dims=True) + EPS)
+    row = centred.reshape(batch, 1, -1)
+    variance = _batch_dot(row, row).reshape(batch, 1) / centred.shape[1]
+    return centred, _rsqrt(variance + EPS)
 
 
 def gln(p, gamma, beta):

@@ -185,6 +185,15 @@ def test_prelu_norm_gradient_matches_autodiff():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+@pytest.fixture
+def graph_mode():
+    """GRAPH mode for the test (set_inputs makes a dynamic shape only in a compiled graph)."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+    ms.set_context(mode=previous)
+
+
 class DynamicLength(nn.Cell):
     """`net` compiled once for any length (a dynamic time axis, as evaluation does)."""
 
@@ -197,7 +206,7 @@ class DynamicLength(nn.Cell):
 
 
 @pytest.mark.parametrize("formulation", ["matmul", "kernels"])
-def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path, formulation):
+def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path, formulation, graph_mode):
     conv, matmul = twin_networks(SMALL, formulation)
     conv.set_train(False)
     matmul.set_train(False)
@@ -212,6 +221,21 @@ def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path, formulat
         expected = conv(mixture).asnumpy()
         assert_close(dynamic(mixture).asnumpy(), expected)
         assert_close(graph(mixture).asnumpy(), expected)
+
+
+def test_dynamic_batch_and_time_axes_give_the_static_outputs(graph_mode):
+    # Dynamic shapes broadcast the per-channel weights explicitly (fused_layers.broadcast_like):
+    # with a batch of 2 the gains of gLN differ per utterance.
+    conv, matmul = twin_networks(SMALL, "matmul")
+    conv.set_train(False)
+    matmul.set_train(False)
+    dynamic = DynamicLength(matmul)
+    dynamic.set_inputs(ms.Tensor(shape=[None, None], dtype=ms.float32))
+    for batch, length in ((2, 37), (3, 64)):
+        mixture = signals(batch, length, 2)[0]
+        mixture[1] *= 5.0
+        mixture = ms.Tensor(mixture)
+        assert_close(dynamic(mixture).asnumpy(), conv(mixture).asnumpy())
 
 
 GRAPH_KERNEL_SCRIPT = """
