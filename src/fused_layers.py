@@ -66,14 +66,16 @@ def add_bias(x, bias):
 
 
 def prelu(u, a):
-    """PReLU with one slope `a` [1], as u - (1 - a) * min(u, 0) (MindSpore's CPU PReLU kernels
-    are slow): three operators, which matters where they are not fused (dynamic shapes)."""
-    return u - (1 - a) * _minimum(u, 0.0)
-
-
-def _prelu_recomputed(u, a):
-    """PReLU as two ReLUs, for the backward passes' recomputation (see _normalised)."""
+    """PReLU with one slope `a` [1], as two ReLUs (MindSpore's CPU PReLU kernels are slow): the
+    form that training differentiates and the backward passes recompute (see _normalised)."""
     return _relu(u) - a * _relu(-u)
+
+
+def _prelu_forward(u, a):
+    """PReLU as u - (1 - a) * min(u, 0), for the fused cells' forward passes (never
+    differentiated): three operators instead of five, which matters where they are not fused
+    (dynamic shapes)."""
+    return u - (1 - a) * _minimum(u, 0.0)
 
 
 def _column_sums(x):
@@ -110,10 +112,11 @@ def _normalised(p):
     """(the normalised p [batch, K, H], 1/std [batch, 1]): what gLN's backward pass needs.
 
     The backward passes keep the forms they were tuned with in the fused training graph (the
-    variance as a mean of squares, `_prelu_recomputed`); there the forms of `gln` and `prelu`
-    were no faster and raised a paper-configuration training step's peak RSS (1,802 against
-    1,795 MB). One function choosing by shape would do, but MindSpore 2.7.1's compiler fails on
-    gradients through a function that branches differently in `construct` and `bprop`.
+    variance as a mean of squares, `prelu`); there the forward passes' forms (`gln`,
+    `_prelu_forward`) were no faster and raised a paper-configuration training step's peak RSS
+    (1,802 against 1,795 MB). One function choosing by shape would do, but MindSpore 2.7.1's
+    compiler fails on gradients through a function that branches differently in `construct` and
+    `bprop`.
     """
     centred = _centre(p)
     rstd = _rsqrt((centred * centred).mean(axis=1, keep_dims=True) + EPS)
@@ -224,11 +227,11 @@ class PReLUNorm(FusedCell):
     def construct(self, u, a, gamma, beta):
         if self.kernel is not None:
             return self.kernel(u, a, gamma, beta)
-        return gln(prelu(u, a), gamma, beta)
+        return gln(_prelu_forward(u, a), gamma, beta)
 
     def bprop(self, u, a, gamma, beta, out, dout):
         u = _depend(u, dout)
-        normalised, rstd = _normalised(_prelu_recomputed(u, a))
+        normalised, rstd = _normalised(prelu(u, a))
         dp, dgamma, dbeta = _gln_backward(dout, normalised, rstd, gamma)
         du, da = _prelu_backward(dp, u, a)
         return du, da, dgamma, dbeta
@@ -258,14 +261,14 @@ class DepthwisePReLUNorm(FusedCell):
         if self.kernel is not None:
             return self.kernel(v, taps, bias, self.kernel_meta, a, gamma, beta)
         z = depthwise(self.pad(v), taps, bias, self.dilation, self.total_pad)
-        return gln(prelu(z, a), gamma, beta)
+        return gln(_prelu_forward(z, a), gamma, beta)
 
     def bprop(self, v, weight, bias, a, gamma, beta, out, dout):
         v = _depend(v, dout)
         taps = weight.reshape(-1, self.P).T
         padded = self.pad(v)
         z = depthwise(padded, taps, bias, self.dilation, self.total_pad)
-        normalised, rstd = _normalised(_prelu_recomputed(z, a))
+        normalised, rstd = _normalised(prelu(z, a))
         dp, dgamma, dbeta = _gln_backward(dout, normalised, rstd, gamma)
         dz, da = _prelu_backward(dp, z, a)
         dtaps = ()
