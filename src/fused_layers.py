@@ -114,7 +114,7 @@ def _normalised(p):
     The backward passes keep the forms they were tuned with in the fused training graph (the
     variance as a mean of squares, `prelu`); there the forward passes' forms (`gln`,
     `_prelu_forward`) were no faster and raised a paper-configuration training step's peak RSS
-    (1,802 against 1,795 MB). One function choosing by shape would do, but MindSpore 2.7.1's
+    (1,802 against 1,788 MB). One function choosing by shape would do, but MindSpore 2.7.1's
     compiler fails on gradients through a function that branches differently in `construct` and
     `bprop`.
     """
