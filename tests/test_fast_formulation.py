@@ -19,6 +19,7 @@ from src.export_utils import export_network
 from src.fused_layers import (DepthwisePReLUNorm, FramePad, PReLUNorm, depthwise, gln,
                               prelu)
 from src.loss import PITLoss
+from train_helpers import graph_mode  # noqa: F401  (set_inputs is dynamic only in GRAPH mode)
 from tests.process_helpers import ROOT, run_python
 SMALL = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=3, R=2)
 SHORT = dict(X=2, R=2)  # fewer blocks where graphs with gradients are compiled
@@ -183,15 +184,6 @@ def test_prelu_norm_gradient_matches_autodiff():
     for got, want in zip(input_gradients(PReLUNorm(), inputs),
                          input_gradients(PlainPReLUNorm(), inputs)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-
-
-@pytest.fixture
-def graph_mode():
-    """GRAPH mode for the test (set_inputs makes a dynamic shape only in a compiled graph)."""
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=previous)
 
 
 class DynamicLength(nn.Cell):
