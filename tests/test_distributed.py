@@ -13,7 +13,7 @@ from src.errors import UserError
 from src.model_utils.config import load_config
 from src.train_state import last_path
 from src.train_step import init_parallel, make_train_step
-from train_helpers import checkpoint_arrays, flags, graph_mode, make_data_dir  # noqa: F401
+from train_helpers import checkpoint_arrays, flags, make_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "run_distribute_train.sh")

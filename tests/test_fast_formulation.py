@@ -19,7 +19,6 @@ from src.export_utils import export_network
 from src.fused_layers import (DepthwisePReLUNorm, FramePad, PReLUNorm, depthwise, gln,
                               prelu)
 from src.loss import PITLoss
-from train_helpers import graph_mode  # noqa: F401  (set_inputs is dynamic only in GRAPH mode)
 from tests.process_helpers import ROOT, run_python
 SMALL = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=3, R=2)
 SHORT = dict(X=2, R=2)  # fewer blocks where graphs with gradients are compiled

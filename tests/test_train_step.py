@@ -10,7 +10,7 @@ from src.model_utils.config import load_config
 from src.train_step import (NetWithLoss, TrainStep, _grad_square_sum, make_optimizer,
                             make_train_step, mixed_precision_level)
 from process_helpers import run_python
-from train_helpers import flags, graph_mode  # noqa: F401
+from train_helpers import flags
 
 
 def tiny_config(*extra):

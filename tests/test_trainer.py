@@ -24,8 +24,7 @@ from src.train_state import (STATE_KEY, TrainState, end_of_epoch, last_path,
                              save_train_checkpoint)
 from src.train_step import make_train_step
 from src.trainer import RunLog, fit, train
-from train_helpers import (assert_same_arrays, checkpoint_arrays, flags, graph_mode,  # noqa: F401
-                           make_data_dir)
+from train_helpers import assert_same_arrays, checkpoint_arrays, flags, make_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T = 160  # samples per training row of the in-memory sets

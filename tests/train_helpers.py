@@ -2,7 +2,6 @@
 import os
 
 import numpy as np
-import pytest
 import mindspore as ms
 
 from src.preprocessing import preprocess
@@ -12,15 +11,6 @@ from librimix_helpers import config, make_tiny_librimix
 SIZES = {"train-360": 8, "dev": 2, "test": 1}
 TINY_MODEL = dict(N=8, L=4, B=4, H=8, Sc=4, X=2, R=1)
 TRAIN = dict(segment=0.5, batch_size=2, log_interval=1, dataset_workers=1)
-
-
-@pytest.fixture
-def graph_mode():
-    """GRAPH mode, as train.py runs, for one test; the previous mode afterwards."""
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=previous)
 
 
 def make_data_dir(root):
