@@ -12,10 +12,10 @@ from mindspore import nn
 
 from src import cpu_kernels
 from src.conv_tasnet import ConvTasNet, default_formulation
-from src.errors import UserError
 from src.fused_layers import DepthwisePReLUNorm, GlobalNorm, PReLUNorm
 from tests.process_helpers import ROOT, run_python
 from tests.test_fast_formulation import CHAINS, SMALL, chain_inputs
+
 
 def gln64(p, gamma, beta):
     """gLN in float64 over frames and channels of each utterance; p [batch, K, H]."""
