@@ -15,8 +15,9 @@ Measurements (--measure):
     infer          the cell's forward pass on one --infer_seconds mixture (graph compiled for it)
     infer_dynamic  the same through a graph compiled once for any length (set_inputs with a
                    dynamic time axis, as evaluation runs it)
-    mindir         exported with a dynamic time axis, loaded through nn.GraphCell
-    mindir_static  exported for exactly --infer_seconds, loaded through nn.GraphCell
+    mindir         exported with a dynamic time axis (by another process), loaded through
+                   nn.GraphCell by a process that builds no cell, as a deployment runs it
+    mindir_static  the same, exported for exactly --infer_seconds
 --profile adds, per measurement, the operators that took the most time per call (MindSpore's
 profiler over --repeats further calls; CPU operator times, fused kernels named GraphKernel_*; the
 peak RSS then includes the profiler's).
@@ -155,6 +156,20 @@ def measure_mindspore(kind, spec):
     init_device(cfg)
     if spec["threads"]:
         ms.set_context(runtime_num_threads=spec["threads"])
+    samples = int(round(spec["infer_seconds"] * cfg.sample_rate))
+    clip = np.random.default_rng(0).standard_normal((1, samples)).astype(np.float32)
+    if kind in ("mindir", "mindir_static"):
+        # As deployed: a process that loads the file and runs it; the export ran in another.
+        with tempfile.TemporaryDirectory() as tmp:
+            exported = run_child(sys.executable, os.path.abspath(__file__), "_measure_export",
+                                 {**spec, "export_path": os.path.join(tmp, "model"),
+                                  "export_samples": samples if kind == "mindir_static" else 0})
+            if "error" in exported:
+                return exported
+            model_fn = model_function(load_mindir(exported.pop("path")))
+            result = measured(lambda: model_fn(clip), spec, **exported)
+        result["rtf"] = result["median_s"] / spec["infer_seconds"]
+        return result
     net = ConvTasNet(**model_kwargs(cfg))
     if spec["formulation"] != "auto":
         net.set_formulation(spec["formulation"])
@@ -173,19 +188,15 @@ def measure_mindspore(kind, spec):
         result["samples_per_s"] = batch / result["median_s"]
         return result
     net.set_train(False)
-    samples = int(round(spec["infer_seconds"] * cfg.sample_rate))
-    clip = rng.standard_normal((1, samples)).astype(np.float32)
+    if kind == "export":
+        # export_network writes MindSpore's operators for the "kernels" formulation
+        info["formulation_exported"] = info.pop("formulation").replace("kernels", "matmul")
+        return dict(path=export_network(net, spec["export_path"], "MINDIR",
+                                        spec["export_samples"], cfg.device_target), **info)
     if kind == "infer":
         model_fn = model_function(net)
     elif kind == "infer_dynamic":
         model_fn = dynamic_model_function(net)
-    elif kind in ("mindir", "mindir_static"):
-        # export_network writes MindSpore's operators for the "kernels" formulation
-        info["formulation_exported"] = info.pop("formulation").replace("kernels", "matmul")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = export_network(net, os.path.join(tmp, "model"), "MINDIR",
-                                  samples if kind == "mindir_static" else 0, cfg.device_target)
-            model_fn = model_function(load_mindir(path))
     else:
         raise UserError(f"--measure: unknown measurement {kind}")
     result = measured(lambda: model_fn(clip), spec, **info)

@@ -32,6 +32,7 @@ rounding. An exported graph (MINDIR, ONNX) always holds MindSpore's own operator
 """
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.ops import functional as F
 
 from src import cpu_kernels
 from src.errors import UserError
@@ -133,11 +134,19 @@ class PointwiseConv(nn.Conv1d):
         self.bias_add = ops.BiasAdd()
 
     def construct_frames_last(self, x):
+        return self.construct_frames_last_rows(x, 0, self.out_channels)
+
+    def construct_frames_last_rows(self, x, start, stop):
+        """Output channels start..stop-1 only: [batch, K, in_channels] -> [batch, K, stop-start]."""
         weight = self.weight.reshape(self.out_channels, self.in_channels)
+        bias = self.bias
+        if start or stop != self.out_channels:
+            weight = weight[start:stop]
+            bias = bias[start:stop] if self.has_bias else None
         y = self.matmul(x.reshape(-1, self.in_channels), weight)
         if self.has_bias:
-            y = self.bias_add(y, self.bias)
-        return y.reshape(x.shape[0], -1, self.out_channels)
+            y = self.bias_add(y, bias)
+        return y.reshape(x.shape[0], -1, stop - start)
 
 
 def conv1x1(in_channels, out_channels, has_bias=True):
@@ -238,6 +247,7 @@ class TemporalConvNet(nn.Cell):
         # Frames last the speakers are axis 2 of [batch, K, C, N].
         self.mask_act_frames_last = (nn.Softmax(axis=2) if mask_nonlinear == "softmax"
                                      else self.mask_act)
+        self.mask_across_speakers = mask_nonlinear == "softmax"
         self.frames_last = False
 
     def construct(self, w):
@@ -250,8 +260,22 @@ class TemporalConvNet(nn.Cell):
         scores = self.mask_scores(w, True).reshape(w.shape[0], -1, self.C, self.N)
         return self.mask_act_frames_last(scores)
 
+    def speaker_mask_frames_last(self, features, c):
+        """Speaker c's mask [batch*K, N] from mask_features(w, True) [batch, K, Sc or B]; not
+        for the softmax mask, which needs every speaker's scores."""
+        return self.mask_act(self.mask_conv.construct_frames_last_rows(
+            features, c * self.N, (c + 1) * self.N).reshape(-1, self.N))
+
     def mask_scores(self, w, frames_last):
         """Scores before the mask nonlinearity: [batch, C*N, K] (frames last: [batch, K, C*N])."""
+        y = self.mask_features(w, frames_last)
+        if frames_last:
+            return self.mask_conv.construct_frames_last(y)
+        return self.mask_conv(y)
+
+    def mask_features(self, w, frames_last):
+        """The input of the mask's 1x1 convolution: [batch, Sc or B, K] (frames last: [batch, K,
+        Sc or B])."""
         if frames_last:
             x = self.bottleneck.construct_frames_last(self.layer_norm.construct_frames_last(w))
         else:
@@ -267,8 +291,8 @@ class TemporalConvNet(nn.Cell):
                 skip_sum = skip_sum + skip
         y = skip_sum if self.use_skip else x
         if frames_last:
-            return self.mask_conv.construct_frames_last(prelu(y, self.mask_prelu.w))
-        return self.mask_conv(self.mask_prelu(y))
+            return prelu(y, self.mask_prelu.w)
+        return self.mask_prelu(y)
 
 
 class ConvTasNet(nn.Cell):
@@ -380,11 +404,25 @@ class ConvTasNet(nn.Cell):
         w = self.matmul_nt(frames.reshape(-1, self.L), basis).reshape(batch, -1, self.N)
         if self.encoder_relu:
             w = ops.relu(w)                                    # [batch, K, N]
-        masks = self.separator.construct_frames_last(w)        # [batch, K, C, N]
-        masked = (masks * broadcast_like(w.expand_dims(2), masks)).reshape(-1, self.N)
         synthesis = self.decoder.weight.reshape(self.N, self.L)
-        segments = self.matmul(masked, synthesis).reshape(batch, -1, self.C, self.L)
-        segments = segments.transpose(0, 2, 1, 3)              # [batch, C, K, L]
+        if (self.training or self.separator.mask_across_speakers
+                or not F.is_sequence_value_unknown(w.shape)):
+            masks = self.separator.construct_frames_last(w)    # [batch, K, C, N]
+            masked = (masks * broadcast_like(w.expand_dims(2), masks)).reshape(-1, self.N)
+            segments = self.matmul(masked, synthesis).reshape(batch, -1, self.C, self.L)
+            segments = segments.transpose(0, 2, 1, 3)          # [batch, C, K, L]
+        else:
+            # Inference with a dynamic time axis (no graph-kernel fusion): one speaker's mask
+            # [batch*K, N] at a time, and no [batch, K, C, N] copy of w: a 60-s input peaks at
+            # 1.17 instead of 1.52 GB (benchmarks/README.md). With static shapes the fused
+            # kernels do better with all speakers at once.
+            features = self.separator.mask_features(w, True)   # [batch, K, Sc or B]
+            w = w.reshape(-1, self.N)
+            segments = ()
+            for c in range(self.C):
+                masked = self.separator.speaker_mask_frames_last(features, c) * w
+                segments += (self.matmul(masked, synthesis).reshape(batch, 1, -1, self.L),)
+            segments = ops.concat(segments, axis=1)            # [batch, C, K, L]
         # Overlap-add with hop L/2: output hop k is the first half of frame k plus the second
         # half of frame k-1.
         zero = ops.zeros_like(segments[:, :, :1, :S])

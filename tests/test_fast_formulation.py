@@ -214,16 +214,21 @@ def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path, formulat
         assert_close(graph(mixture).asnumpy(), expected)
 
 
-def test_dynamic_batch_and_time_axes_give_the_static_outputs(graph_mode):
+@pytest.mark.parametrize("kwargs", [SMALL, VARIANTS["sigmoid-relu-encoder"][0],
+                                    {**SMALL, "Sc": 0, "C": 3},
+                                    VARIANTS["softmax-no-skip-3-speakers"][0]],
+                         ids=["gLN", "sigmoid", "no-skip-3-speakers", "softmax"])
+def test_dynamic_batch_and_time_axes_give_the_static_outputs(kwargs, graph_mode):
     # Dynamic shapes broadcast the per-channel weights explicitly (fused_layers.broadcast_like):
-    # with a batch of 2 the gains of gLN differ per utterance.
-    conv, matmul = twin_networks(SMALL, "matmul")
+    # with a batch of 2 the gains of gLN differ per utterance. They also mask and decode one
+    # speaker at a time (except for the softmax mask): the speakers' order must be kept.
+    conv, matmul = twin_networks(kwargs, "matmul")
     conv.set_train(False)
     matmul.set_train(False)
     dynamic = DynamicLength(matmul)
     dynamic.set_inputs(ms.Tensor(shape=[None, None], dtype=ms.float32))
     for batch, length in ((2, 37), (3, 64)):
-        mixture = signals(batch, length, 2)[0]
+        mixture = signals(batch, length, kwargs.get("C", 2))[0]
         mixture[1] *= 5.0
         mixture = ms.Tensor(mixture)
         assert_close(dynamic(mixture).asnumpy(), conv(mixture).asnumpy())
