@@ -145,9 +145,8 @@ def measure_mindspore(kind, spec):
     """One measurement in this process (a child of `main`); returns its result dict."""
     import mindspore as ms
     from src.conv_tasnet import ConvTasNet, model_kwargs
-    from src.evaluate import dynamic_model_function
     from src.export_utils import export_network, load_mindir
-    from src.inference import model_function
+    from src.inference import dynamic_model_function, model_function
     from src.model_utils.config import load_config
     from src.model_utils.device import init_device
     from src.train_step import make_train_step

@@ -18,7 +18,7 @@ import numpy as np
 from src.atomic import write_json, write_text
 from src.audio import write_audio
 from src.errors import UserError
-from src.inference import model_function, separate_in_chunks
+from src.inference import dynamic_model_function, separate_in_chunks
 from src.metrics import si_snri
 
 CSV_COLUMNS = ("id", "length", "si_snr", "si_snri", "sdr", "sdri")
@@ -56,32 +56,6 @@ def score_utterance(estimates, references, mixture, with_sdr=True):
     if with_sdr:
         scores["sdr"], scores["sdri"] = sdr_improvement(estimates, references, mixture)
     return scores, np.asarray(estimates)[perm]
-
-
-def dynamic_model_function(net):
-    """A model_fn (numpy [1, t] -> [1, C, t]) for a cell, compiled once for all lengths.
-
-    In graph mode a cell compiles one graph per input shape; test utterances all differ in length.
-    The cell is wrapped in a cell with a dynamic time axis (set_inputs), so that `net` itself,
-    which training may be running with other shapes, keeps its inputs and parameter names.
-    """
-    import mindspore as ms
-    from mindspore import nn
-
-    if isinstance(net, nn.GraphCell) or not isinstance(net, nn.Cell):
-        return model_function(net) if isinstance(net, nn.Cell) else net
-
-    class _AnyLength(nn.Cell):
-        def __init__(self, inner):
-            super().__init__(auto_prefix=False)
-            self.inner = inner
-
-        def construct(self, mixture):
-            return self.inner(mixture)
-
-    wrapper = _AnyLength(net)
-    wrapper.set_inputs(ms.Tensor(shape=[1, None], dtype=ms.float32))
-    return model_function(wrapper)
 
 
 def iterate_utterances(dataset, ids=None):

@@ -145,19 +145,49 @@ def separate_in_chunks(model_fn, mixture, chunk_samples, overlap_samples, align=
 
 
 def model_function(net):
-    """A model_fn (numpy [1, t] -> numpy [1, C, t]) around a MindSpore cell or GraphCell."""
+    """A model_fn (numpy [1, t] -> numpy [1, C, t]) around a MindSpore cell or GraphCell (its
+    `cell`)."""
     import mindspore as ms
 
     def model_fn(mixture):
         return net(ms.Tensor(np.ascontiguousarray(mixture, np.float32))).asnumpy()
+    model_fn.cell = net
     return model_fn
+
+
+def dynamic_model_function(net):
+    """A model_fn (numpy [1, t] -> [1, C, t]) for a cell, compiled once for all lengths.
+
+    In graph mode a cell compiles one graph per input shape (seconds each, and each kept in
+    memory); utterances and recordings all differ in length. A graph with a dynamic time axis is
+    also leaner for long inputs (one speaker's mask at a time, src/conv_tasnet.py).
+    The cell is wrapped in a cell with a dynamic time axis (set_inputs), so that `net` itself,
+    which training may be running with other shapes, keeps its inputs and parameter names.
+    """
+    import mindspore as ms
+    from mindspore import nn
+
+    if isinstance(net, nn.GraphCell) or not isinstance(net, nn.Cell):
+        return model_function(net) if isinstance(net, nn.Cell) else net
+
+    class _AnyLength(nn.Cell):
+        def __init__(self, inner):
+            super().__init__(auto_prefix=False)
+            self.inner = inner
+
+        def construct(self, mixture):
+            return self.inner(mixture)
+
+    wrapper = _AnyLength(net)
+    wrapper.set_inputs(ms.Tensor(shape=[1, None], dtype=ms.float32))
+    return model_function(wrapper)
 
 
 def load_model(cfg, path):
     """A model_fn for the checkpoint (.ckpt) or exported MINDIR (.mindir) at `path`.
 
-    A checkpoint is loaded into a ConvTasNet built from `cfg` (src.checkpoint.load_network); a
-    MINDIR is loaded with mindspore.load and run through nn.GraphCell. A MINDIR exported with a
+    A checkpoint is loaded into a ConvTasNet built from `cfg` (src.checkpoint.load_network) and
+    run through one graph for all lengths (dynamic_model_function); a MINDIR is loaded with mindspore.load and run through nn.GraphCell. A MINDIR exported with a
     fixed input length (cfg.input_length > 0) gets every chunk zero-padded to that length; its
     model_fn has `max_samples` set to that length.
     """
@@ -202,4 +232,4 @@ def load_model(cfg, path):
             return run(padded)[..., :t]
         padded_fn.max_samples = fixed
         return padded_fn
-    return model_function(load_network(cfg, path))
+    return dynamic_model_function(load_network(cfg, path))

@@ -24,7 +24,8 @@ from src.conv_tasnet import ConvTasNet, model_kwargs
 from src.curves import write_curves
 from src.atomic import remove_leftovers, write_yaml
 from src.errors import UserError
-from src.evaluate import dynamic_model_function, evaluate
+from src.evaluate import evaluate
+from src.inference import dynamic_model_function
 from src.train_state import (TrainState, best_path, end_of_epoch, epoch_path, last_path,
                              load_train_checkpoint, new_running, prune_epoch_checkpoints,
                              resume_path, save_train_checkpoint)

@@ -9,8 +9,9 @@ import mindspore.dataset as ds
 
 from src.conv_tasnet import ConvTasNet
 from src.errors import UserError
-from src.evaluate import (dynamic_model_function, evaluate, sdr_improvement, summarize, summary_line,
+from src.evaluate import (evaluate, sdr_improvement, summarize, summary_line,
                           write_results)
+from src.inference import dynamic_model_function
 from src.metrics import si_snr
 
 TINY = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=2, R=1)

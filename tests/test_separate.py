@@ -107,6 +107,19 @@ def test_plot_writes_png(models, tmp_path):
     assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".tmp")]
 
 
+def test_checkpoint_runs_one_graph_for_every_length(models, tmp_path):
+    # Files and chunks differ in length: a graph per length would compile again for each (and
+    # keep each in memory); one graph with a dynamic time axis serves them all.
+    cfg = config(models, "gln", tmp_path / "unused.wav", tmp_path / "out")
+    model_fn = load_model(cfg, cfg.model_path)
+    assert [list(t.shape) for t in model_fn.cell.get_inputs()] == [[1, -1]]
+    net = models[1]["gln"]
+    for length in (300, 1234):
+        mixture = voices(length / RATE, RATE, seed=length)[:, 0]
+        np.testing.assert_allclose(model_fn(mixture[None])[0], run_net(net, mixture),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_long_file_bounded_memory_and_equal_to_whole_away_from_borders(models, tmp_path):
     # 8 kHz (the model's rate), stereo: the downmix is exact, so chunks can be compared with the
     # whole-file result sample for sample. BN in eval mode has no utterance statistics.
