@@ -187,9 +187,10 @@ def load_model(cfg, path):
     """A model_fn for the checkpoint (.ckpt) or exported MINDIR (.mindir) at `path`.
 
     A checkpoint is loaded into a ConvTasNet built from `cfg` (src.checkpoint.load_network) and
-    run through one graph for all lengths (dynamic_model_function); a MINDIR is loaded with mindspore.load and run through nn.GraphCell. A MINDIR exported with a
-    fixed input length (cfg.input_length > 0) gets every chunk zero-padded to that length; its
-    model_fn has `max_samples` set to that length.
+    run through one graph for all lengths (dynamic_model_function); a MINDIR is loaded with
+    mindspore.load and run through nn.GraphCell. A MINDIR exported with a fixed input length
+    (cfg.input_length > 0) gets every chunk zero-padded to that length; its model_fn has
+    `max_samples` set to that length.
     """
     import mindspore as ms
     from mindspore import nn
