@@ -14,7 +14,7 @@ Measurements (--measure):
                    gradients, clipping, optimizer) on a batch of --batch mixtures of --seconds
     infer          the cell's forward pass on one --infer_seconds mixture (graph compiled for it)
     infer_dynamic  the same through a graph compiled once for any length (set_inputs with a
-                   dynamic time axis, as evaluation runs it)
+                   dynamic time axis, as eval.py and separate.py run it)
     mindir         exported with a dynamic time axis (by another process), loaded through
                    nn.GraphCell by a process that builds no cell, as a deployment runs it
     mindir_static  the same, exported for exactly --infer_seconds
