@@ -141,6 +141,14 @@ def measured(call, spec, **extra):
     return result
 
 
+def measured_inference(model_fn, samples, spec, **extra):
+    """`measured` of model_fn on one random clip [1, samples], with its real-time factor."""
+    clip = np.random.default_rng(0).standard_normal((1, samples)).astype(np.float32)
+    result = measured(lambda: model_fn(clip), spec, **extra)
+    result["rtf"] = result["median_s"] / spec["infer_seconds"]
+    return result
+
+
 def measure_mindspore(kind, spec):
     """One measurement in this process (a child of `main`); returns its result dict."""
     import mindspore as ms
@@ -155,20 +163,17 @@ def measure_mindspore(kind, spec):
     init_device(cfg)
     if spec["threads"]:
         ms.set_context(runtime_num_threads=spec["threads"])
-    samples = int(round(spec["infer_seconds"] * cfg.sample_rate))
-    clip = np.random.default_rng(0).standard_normal((1, samples)).astype(np.float32)
+    clip_samples = int(round(spec["infer_seconds"] * cfg.sample_rate))
     if kind in ("mindir", "mindir_static"):
         # As deployed: a process that loads the file and runs it; the export ran in another.
         with tempfile.TemporaryDirectory() as tmp:
             exported = run_child(sys.executable, os.path.abspath(__file__), "_measure_export",
                                  {**spec, "export_path": os.path.join(tmp, "model"),
-                                  "export_samples": samples if kind == "mindir_static" else 0})
+                                  "export_samples": clip_samples if kind == "mindir_static" else 0})
             if "error" in exported:
                 return exported
             model_fn = model_function(load_mindir(exported.pop("path")))
-            result = measured(lambda: model_fn(clip), spec, **exported)
-        result["rtf"] = result["median_s"] / spec["infer_seconds"]
-        return result
+            return measured_inference(model_fn, clip_samples, spec, **exported)
     net = ConvTasNet(**model_kwargs(cfg))
     if spec["formulation"] != "auto":
         net.set_formulation(spec["formulation"])
@@ -198,9 +203,7 @@ def measure_mindspore(kind, spec):
         model_fn = dynamic_model_function(net)
     else:
         raise UserError(f"--measure: unknown measurement {kind}")
-    result = measured(lambda: model_fn(clip), spec, **info)
-    result["rtf"] = result["median_s"] / spec["infer_seconds"]
-    return result
+    return measured_inference(model_fn, clip_samples, spec, **info)
 
 
 def run_child(python, script, mode, spec):
