@@ -8,8 +8,8 @@ torchaudio's ConvTasNet state_dict (sizes from the tensor shapes; X, and for Ast
 activation, from --X, --mask_nonlinear ... as they are not recorded). The file is read without
 running code from it, and torch is not needed. Writes <dst> and <dst without .ckpt>.yaml.
 """
-from src.convert import convert, MODEL_KEYS
-from src.errors import UserError, run_main
+from src.model.convert import convert, MODEL_KEYS
+from src.model_utils.errors import UserError, run_main
 from src.model_utils.config import load_config
 
 

@@ -7,13 +7,13 @@ Writes per-utterance scores (eval_results.csv) and their means (eval_summary.jso
 <output_dir>/eval_<test_name>/, and the separated sources of N utterances to its wav/ folder.
 A run that is stopped resumes where it was on the next call with the same settings.
 """
-from src.errors import run_main
+from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 
 
 def main():
     cfg = load_config(description="Score a Conv-TasNet checkpoint on the test set (SI-SNRi, SDRi)")
-    from src.evaluate import run_evaluation
+    from src.evaluation.evaluate import run_evaluation
     run_evaluation(cfg)
 
 

@@ -6,14 +6,14 @@
 --input_length=0 exports a dynamic time axis (any length); a number of samples fixes it. A MINDIR
 is loaded back and checked against the network's own output.
 """
-from src.errors import run_main
+from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 
 
 def main():
     cfg = load_config(description="Export a Conv-TasNet checkpoint to MINDIR, AIR or ONNX")
-    from src.checkpoint import load_network
-    from src.export_utils import check_mindir, export_network
+    from src.model.checkpoint import load_network
+    from src.deploy.export import check_mindir, export_network
     from src.model_utils.device import init_device
 
     init_device(cfg)

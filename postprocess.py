@@ -8,14 +8,14 @@ utterance, writes eval_results.csv and eval_summary.json to <infer_dir> and prin
 """
 import os
 
-from src.errors import run_main
+from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 
 
 def main():
     cfg = load_config(description="Score offline inference results (SI-SNRi)")
-    from src.evaluate import summary_line, write_results
-    from src.infer_310 import PREPROCESS_DIR, RESULT_DIR, postprocess
+    from src.evaluation.evaluate import summary_line, write_results
+    from src.deploy.infer_310 import PREPROCESS_DIR, RESULT_DIR, postprocess
     rows, summary = postprocess(os.path.join(cfg.infer_dir, PREPROCESS_DIR),
                                 os.path.join(cfg.infer_dir, RESULT_DIR))
     write_results(cfg.infer_dir, rows, summary)

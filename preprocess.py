@@ -1,16 +1,16 @@
 """Convert LibriMix (as its generator writes it) into the JSON lists and MindRecord files that
-training and evaluation read. Output layout: see src/librimix.py.
+training and evaluation read. Output layout: see src/data/librimix.py.
 
     python preprocess.py --in_dir=/data/LibriMix --out_dir=./data [--splits=[train-360,dev,test]]
 """
-from src.errors import run_main
+from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
-from src.preprocessing import preprocess
+from src.data.preparation import prepare_dataset
 
 
 def main():
     cfg = load_config(description="Convert LibriMix folders into JSON lists and MindRecord files.")
-    preprocess(cfg)
+    prepare_dataset(cfg)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,16 @@ zero-padded to its length for a fixed one. Output: <infer_dir>/preprocess_Result
 """
 import os
 
-from src.errors import UserError, run_main
+from src.model_utils.errors import UserError, run_main
 from src.model_utils.config import load_config
 
 
 def main():
     cfg = load_config(description="Write test mixtures as .bin files for offline inference")
-    from src.infer_310 import PREPROCESS_DIR, preprocess
+    from src.deploy.infer_310 import PREPROCESS_DIR, write_310_inputs
     if not cfg.mindir_path:
         raise UserError("mindir_path: expected the exported MINDIR (--mindir_path=...)")
-    preprocess(cfg, cfg.mindir_path, os.path.join(cfg.infer_dir, PREPROCESS_DIR))
+    write_310_inputs(cfg, cfg.mindir_path, os.path.join(cfg.infer_dir, PREPROCESS_DIR))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ One device:  python train.py --data_dir=./data --output_dir=./output [--device_t
 Resume:      python train.py ... --resume=auto      (or --resume=path/to/conv_tasnet-last.ckpt)
 Several:     bash scripts/run_distribute_train.sh RANK_SIZE [RANK_TABLE_FILE] [CONFIG_PATH]
 """
-from src.errors import run_main
+from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 from src.model_utils.device import init_device
-from src.trainer import train
+from src.training.trainer import train
 
 
 def main():

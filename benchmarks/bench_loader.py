@@ -20,12 +20,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.dataset import create_eval_dataset, create_train_dataset  # noqa: E402
-from src.demo_data import make_demo_librimix  # noqa: E402
-from src.errors import run_main  # noqa: E402
-from src.librimix import load_split  # noqa: E402
+from src.data.dataset import create_eval_dataset, create_train_dataset  # noqa: E402
+from src.data.demo_data import make_demo_librimix  # noqa: E402
+from src.model_utils.errors import run_main  # noqa: E402
+from src.data.librimix import load_split  # noqa: E402
 from src.model_utils.config import load_config  # noqa: E402
-from src.preprocessing import preprocess  # noqa: E402
+from src.data.preparation import prepare_dataset  # noqa: E402
 
 
 def timed_pass(dataset, epochs):
@@ -58,7 +58,7 @@ def main():
                                 sizes={"train-360": args.mixtures, "dev": 1, "test": 1})
     data_dir = os.path.join(work, "data")
     if not os.path.isdir(os.path.join(data_dir, "train-360")):
-        preprocess(load_config([f"--in_dir={in_dir}", f"--out_dir={data_dir}",
+        prepare_dataset(load_config([f"--in_dir={in_dir}", f"--out_dir={data_dir}",
                                 "--splits=[train-360]"]), log=lambda *_: None)
     index = load_split(data_dir, "train-360", 2, 8000)
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "mixtures": args.mixtures,

@@ -10,7 +10,7 @@ not mix with another's, and after its graph compilation and warm-up steps.
 
 Measurements (--measure):
     framework      peak RSS with the framework imported and the model built, before any graph
-    train          the project's training step (src/train_step.py: forward, PIT SI-SNR loss,
+    train          the project's training step (src/training/train_step.py: forward, PIT SI-SNR loss,
                    gradients, clipping, optimizer) on a batch of --batch mixtures of --seconds
     infer          the cell's forward pass on one --infer_seconds mixture (graph compiled for it)
     infer_dynamic  the same through a graph compiled once for any length (set_inputs with a
@@ -43,7 +43,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from src.errors import UserError, run_main  # noqa: E402
+from src.model_utils.errors import UserError, run_main  # noqa: E402
 
 MEASUREMENTS = ("framework", "train", "infer", "infer_dynamic", "mindir", "mindir_static")
 
@@ -152,12 +152,12 @@ def measured_inference(model_fn, samples, spec, **extra):
 def measure_mindspore(kind, spec):
     """One measurement in this process (a child of `main`); returns its result dict."""
     import mindspore as ms
-    from src.conv_tasnet import ConvTasNet, model_kwargs
-    from src.export_utils import export_network, load_mindir
-    from src.inference import dynamic_model_function, model_function
+    from src.model.conv_tasnet import ConvTasNet, model_kwargs
+    from src.deploy.export import export_network, load_mindir
+    from src.deploy.inference import dynamic_model_function, model_function
     from src.model_utils.config import load_config
     from src.model_utils.device import init_device
-    from src.train_step import make_train_step
+    from src.training.train_step import make_train_step
 
     cfg = load_config(spec["config_argv"])
     init_device(cfg)

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_model import (child_mode, child_spec, machine, parse_arguments,  # noqa: E402
                          peak_rss_mb, run_child, summary, timed_calls)
-from src.errors import UserError, run_main  # noqa: E402
+from src.model_utils.errors import UserError, run_main  # noqa: E402
 
 RATIO_KEYS = ("median_s", "peak_rss_mb", "rtf")
 

@@ -7,7 +7,7 @@ Output: the layout the LibriMix generator writes (and preprocess.py reads), min 
 ```
 The speakers are split at random between train-360 and dev (disjoint). Each mixture pairs two
 utterances of different speakers of its split (no pair twice), resampled to `--sample_rate`, and
-mixes them as LibriMix does (src.demo_data.mix_sources: a random level in [-33, -25] dB per
+mixes them as LibriMix does (src.data.demo_data.mix_sources: a random level in [-33, -25] dB per
 utterance, both cut to the shorter, scaled down together when the sum would clip); 16-bit WAVs.
 `--dev_max_seconds` cuts the dev mixtures, so that the validation after every epoch is short.
 The set is built under a temporary name and renamed into place; an existing one is not touched.
@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.audio import read_audio, write_audio  # noqa: E402
-from src.demo_data import mix_sources  # noqa: E402
-from src.dynamic_mixing import speaker_of  # noqa: E402
-from src.errors import UserError, run_main  # noqa: E402
+from src.data.audio import read_audio, write_audio  # noqa: E402
+from src.data.demo_data import mix_sources  # noqa: E402
+from src.data.dynamic_mixing import speaker_of  # noqa: E402
+from src.model_utils.errors import UserError, run_main  # noqa: E402
 
 
 def list_utterances(folder):

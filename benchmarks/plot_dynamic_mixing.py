@@ -20,10 +20,10 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.atomic import atomic_output  # noqa: E402
-from src.curves import JSON_NAME  # noqa: E402
-from src.errors import UserError, run_main  # noqa: E402
-from src.librimix import read_json  # noqa: E402
+from src.model_utils.atomic import atomic_output  # noqa: E402
+from src.training.curves import JSON_NAME  # noqa: E402
+from src.model_utils.errors import UserError, run_main  # noqa: E402
+from src.data.librimix import read_json  # noqa: E402
 
 
 def read_run(spec):

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The whole pipeline on a generated demo LibriMix, on CPU, in minutes:
-#   1. a synthetic mini LibriMix in the real layout (src/demo_data.py)
+#   1. a synthetic mini LibriMix in the real layout (src/data/demo_data.py)
 #   2. preprocess.py: JSON lists + MindRecord
 #   3. scripts/run_standalone_train.sh: a small model (configs/demo_cpu.yaml), with validation,
 #      checkpoints and the curve plot
@@ -58,7 +58,7 @@ SEPARATED="$DEMO_DIR/separated"
 
 make_data() {
     if [ -f "$LIBRIMIX/demo_librimix.json" ]; then echo "reusing $LIBRIMIX"; return; fi
-    python -m src.demo_data --out_dir "$DEMO_DIR/librimix" --seed "$SEED" --sizes "$SIZES" \
+    python make_demo_data.py --out_dir "$DEMO_DIR/librimix" --seed "$SEED" --sizes "$SIZES" \
         --cross_gender
 }
 run_preprocess() {
@@ -107,7 +107,7 @@ step "6. separate" run_separate
 
 python - "$EVAL/eval_test/eval_summary.json" "$INFER/acc.log" <<'EOF' > "$DEMO_DIR/summary.txt"
 import json, sys
-from src.evaluate import summary_line
+from src.evaluation.evaluate import summary_line
 print("eval.py on the test split: " + summary_line(json.load(open(sys.argv[1]))))
 print("310 pipeline (CPU): " + open(sys.argv[2]).read().strip().splitlines()[-1])
 EOF

@@ -106,7 +106,7 @@ if [ "$DEVICE_TARGET" == "Ascend" ]; then
         --output_path="$RESULT_PATH" --device_id="$DEVICE_ID"
 else
     run_step "infer (MindSpore on CPU)" "$INFER_DIR/infer.log" \
-        "$PYTHON" -m src.infer_310 "${COMMON[@]}"
+        "$PYTHON" "$ROOT/infer_cpu.py" "${COMMON[@]}"
 fi
 tail -n 1 "$INFER_DIR/infer.log"
 

@@ -10,7 +10,7 @@ resolve_dirs() {
     local resolved
     resolved=$(python -c '
 import os, sys
-from src.errors import run_main
+from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 
 def main():

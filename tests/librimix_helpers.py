@@ -4,7 +4,7 @@ import os
 
 import soundfile as sf
 
-from src.demo_data import make_demo_librimix
+from src.data.demo_data import make_demo_librimix
 from src.model_utils.config import load_config
 
 TINY_SIZES = {"train-360": 9, "dev": 3, "test": 4}

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from src.atomic import atomic_output, remove_leftovers, write_json
+from src.model_utils.atomic import atomic_output, remove_leftovers, write_json
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):

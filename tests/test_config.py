@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from src.errors import UserError
+from src.model_utils.errors import UserError
 from src.model_utils.config import load_config
 from src.model_utils.device import init_device
 
@@ -65,7 +65,7 @@ def test_unavailable_device_is_a_clear_error():
 
 
 def test_user_error_is_one_line_without_traceback():
-    code = ("from src.errors import run_main; from src.model_utils.config import load_config; "
+    code = ("from src.model_utils.errors import run_main; from src.model_utils.config import load_config; "
             "run_main(load_config, ['--lr=abc'])")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2

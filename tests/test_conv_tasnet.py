@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from src.conv_tasnet import ConvTasNet, count_parameters
-from src.errors import UserError
+from src.model.conv_tasnet import ConvTasNet, count_parameters
+from src.model_utils.errors import UserError
 
 SMALL = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=3, R=2)
 

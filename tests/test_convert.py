@@ -10,9 +10,9 @@ import pytest
 import yaml
 import mindspore as ms
 
-from src.checkpoint import load_network
-from src.convert import convert, read_torch_file
-from src.errors import UserError
+from src.model.checkpoint import load_network
+from src.model.convert import convert, read_torch_file
+from src.model_utils.errors import UserError
 from src.model_utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

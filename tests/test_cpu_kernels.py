@@ -1,4 +1,4 @@
-"""The C++ kernels of the CPU formulation (src/cpu_kernels.py): results, any length, the build.
+"""The C++ kernels of the CPU formulation (src/model/cpu_kernels.py): results, any length, the build.
 
 Each kernel is compared with float64 numpy; the whole networks with the other formulations are
 compared in tests/test_fast_formulation.py.
@@ -10,9 +10,9 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from src import cpu_kernels
-from src.conv_tasnet import ConvTasNet, default_formulation
-from src.fused_layers import DepthwisePReLUNorm, GlobalNorm, PReLUNorm
+from src.model import cpu_kernels
+from src.model.conv_tasnet import ConvTasNet, default_formulation
+from src.model.fused_layers import DepthwisePReLUNorm, GlobalNorm, PReLUNorm
 from tests.process_helpers import ROOT, run_python
 from tests.test_fast_formulation import CHAINS, SMALL, chain_inputs
 
@@ -120,8 +120,8 @@ import sys
 import numpy as np
 import mindspore as ms
 sys.path.insert(0, {root!r})
-from src.conv_tasnet import ConvTasNet
-from src.errors import UserError
+from src.model.conv_tasnet import ConvTasNet
+from src.model_utils.errors import UserError
 from tests.test_fast_formulation import SMALL
 ms.set_context(mode=ms.GRAPH_MODE)
 net = ConvTasNet(**SMALL)
@@ -145,7 +145,7 @@ def test_without_a_compiler_the_model_falls_back_to_mindspore_operators(tmp_path
 
 
 def test_exported_graph_holds_no_kernel(tmp_path):
-    from src.export_utils import export_network
+    from src.deploy.export import export_network
     net = ConvTasNet(**SMALL).set_formulation("kernels")
     net.set_train(False)
     path = export_network(net, str(tmp_path / "model"))

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from src import mindrecord_io
-from src.dataset import create_eval_dataset, create_train_dataset
-from src.errors import UserError
-from src.librimix import load_split
-from src.preprocessing import preprocess
+from src.data import mindrecord_io
+from src.data.dataset import create_eval_dataset, create_train_dataset
+from src.model_utils.errors import UserError
+from src.data.librimix import load_split
+from src.data.preparation import prepare_dataset
 from librimix_helpers import config, make_tiny_librimix, read_float
 
 SIZES = {"train-360": 10, "dev": 3, "test": 4}
@@ -22,7 +22,7 @@ def in_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_dir(in_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("data"))
-    preprocess(config(in_dir=in_dir, out_dir=out, preprocess_workers=1), log=lambda *_: None)
+    prepare_dataset(config(in_dir=in_dir, out_dir=out, preprocess_workers=1), log=lambda *_: None)
     return out
 
 
@@ -151,7 +151,7 @@ def test_eval_gives_whole_utterances_in_id_order(data_dir, in_dir, tmp_path, mon
     if shards > 1:   # FileWriter spreads the rows over the shards; MindDataset reads shard by shard
         monkeypatch.setattr(mindrecord_io, "ROWS_PER_WRITE", 3)
         data_dir = str(tmp_path)
-        preprocess(config(in_dir=in_dir, out_dir=data_dir, splits="[train-360]",
+        prepare_dataset(config(in_dir=in_dir, out_dir=data_dir, splits="[train-360]",
                           preprocess_workers=1, mindrecord_shards=shards), log=lambda *_: None)
         order = load_split(data_dir, "train-360", 2, 8000).mindrecord_order.tolist()
         assert order != sorted(order)
@@ -182,7 +182,7 @@ def test_max_seconds_limits_validation_only_when_given(data_dir):
 
 def test_libri3mix_pipelines(tmp_path):
     in_dir = make_tiny_librimix(tmp_path / "in", n_src=3, sizes={"train-360": 4, "dev": 1, "test": 1})
-    preprocess(config(in_dir=in_dir, out_dir=tmp_path / "data", n_src=3, splits="[train-360,test]",
+    prepare_dataset(config(in_dir=in_dir, out_dir=tmp_path / "data", n_src=3, splits="[train-360,test]",
                       preprocess_workers=1), log=lambda *_: None)
     cfg = train_cfg(str(tmp_path / "data"), n_src=3, batch_size=2)
     mix, src, lengths = next(create_train_dataset(cfg).create_tuple_iterator(output_numpy=True,
@@ -204,7 +204,7 @@ def test_configuration_errors(data_dir, tmp_path):
     with pytest.raises(UserError, match="segment"):
         create_train_dataset(train_cfg(data_dir, segment=0.0))
     in_dir = make_tiny_librimix(tmp_path / "in", sizes={"train-360": 2, "dev": 1, "test": 1})
-    preprocess(config(in_dir=in_dir, out_dir=tmp_path / "json", data_format="json",
+    prepare_dataset(config(in_dir=in_dir, out_dir=tmp_path / "json", data_format="json",
                       splits="[test]", preprocess_workers=1), log=lambda *_: None)
     with pytest.raises(UserError, match="has no MindRecord.*--data_format=json"):
         create_eval_dataset(train_cfg(str(tmp_path / "json")), "test")

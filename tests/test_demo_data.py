@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from src.demo_data import main, make_demo_librimix
-from src.errors import UserError
+from make_demo_data import main
+from src.data.demo_data import make_demo_librimix
+from src.model_utils.errors import UserError
 from librimix_helpers import TINY_SIZES, make_tiny_librimix, read_float, wav_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,7 +133,7 @@ def test_finished_set_is_reused_and_other_folders_refused(demo, tmp_path):
 
 
 def test_command_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "src.demo_data", "--out_dir", str(tmp_path),
+    proc = subprocess.run([sys.executable, "make_demo_data.py", "--out_dir", str(tmp_path),
                            "--seed", "1", "--sizes", "2,1,1", "--min_seconds", "0.3",
                            "--max_seconds", "0.5"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
@@ -167,7 +168,7 @@ def test_noisy_set_like_librimix_with_wham(tmp_path):
 
 def mixture_sexes(root, seed, sizes):
     """For every mixture of every split: the sexes (True = female) of its speakers."""
-    from src.demo_data import _speakers
+    from src.data.demo_data import _speakers
     female = {str(spk.id): spk.female for split in _speakers(seed, sizes).values() for spk in split}
     out = []
     for split in sizes:

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from src.conv_tasnet import ConvTasNet, model_kwargs
-from src.dataset import create_train_dataset
-from src.errors import UserError
+from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.data.dataset import create_train_dataset
+from src.model_utils.errors import UserError
 from src.model_utils.config import load_config
-from src.train_state import last_path
-from src.train_step import init_parallel, make_train_step
+from src.training.train_state import last_path
+from src.training.train_step import init_parallel, make_train_step
 from train_helpers import checkpoint_arrays, flags, make_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,12 +6,12 @@ import pytest
 import mindspore as ms
 import soundfile as sf
 
-from src.dataset import create_eval_dataset, create_train_dataset
-from src.dynamic_mixing import UtterancePool, render_mixture, speaker_of, speed_perturb
-from src.errors import UserError
-from src.librimix import SplitIndex, load_split
-from src.loss import PITLoss
-from src.preprocessing import preprocess
+from src.data.dataset import create_eval_dataset, create_train_dataset
+from src.data.dynamic_mixing import UtterancePool, render_mixture, speaker_of, speed_perturb
+from src.model_utils.errors import UserError
+from src.data.librimix import SplitIndex, load_split
+from src.training.loss import PITLoss
+from src.data.preparation import prepare_dataset
 from librimix_helpers import config, make_tiny_librimix, read_float
 
 SIZES = {"train-360": 12, "dev": 3, "test": 3}
@@ -28,7 +28,7 @@ def in_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_dir(in_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("data"))
-    preprocess(config(in_dir=in_dir, out_dir=out, preprocess_workers=1), log=lambda *_: None)
+    prepare_dataset(config(in_dir=in_dir, out_dir=out, preprocess_workers=1), log=lambda *_: None)
     return out
 
 
@@ -184,7 +184,7 @@ def test_mix_both_adds_training_noise(data_dir, in_dir, tmp_path):
         sf.write(noisy / "noise" / os.path.basename(path), noise, 8000, subtype="PCM_16")
         sf.write(noisy / "mix_both" / os.path.basename(path), mix + noise, 8000, subtype="PCM_16")
     out = str(tmp_path / "data")
-    preprocess(config(in_dir=str(tmp_path / "noisy"), out_dir=out, mix_type="mix_both",
+    prepare_dataset(config(in_dir=str(tmp_path / "noisy"), out_dir=out, mix_type="mix_both",
                       splits="[train-360]", preprocess_workers=1), log=lambda *_: None)
     for snr, fmt in (("[]", "mindrecord"), ("[5.0,5.0]", "json")):
         examples = rows(create_train_dataset(dm_cfg(out, mix_type="mix_both", data_format=fmt,

@@ -7,12 +7,12 @@ import pytest
 import mindspore as ms
 import mindspore.dataset as ds
 
-from src.conv_tasnet import ConvTasNet
-from src.errors import UserError
-from src.evaluate import (evaluate, sdr_improvement, summarize, summary_line,
+from src.model.conv_tasnet import ConvTasNet
+from src.model_utils.errors import UserError
+from src.evaluation.evaluate import (evaluate, sdr_improvement, summarize, summary_line,
                           write_results)
-from src.inference import dynamic_model_function
-from src.metrics import si_snr
+from src.deploy.inference import dynamic_model_function
+from src.evaluation.metrics import si_snr
 
 TINY = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=2, R=1)
 

@@ -7,10 +7,10 @@ import pytest
 import yaml
 import mindspore as ms
 
-from src.conv_tasnet import ConvTasNet
-from src.errors import UserError, run_main
+from src.model.conv_tasnet import ConvTasNet
+from src.model_utils.errors import UserError, run_main
 from src.model_utils.config import DEFAULT_CONFIG
-from src.export_utils import check_mindir, export_network, load_mindir, mindir_input_shape
+from src.deploy.export import check_mindir, export_network, load_mindir, mindir_input_shape
 
 TINY = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=2, R=1)
 

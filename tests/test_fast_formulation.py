@@ -13,12 +13,12 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from src.conv_tasnet import ConvTasNet, default_formulation
-from src.errors import UserError
-from src.export_utils import export_network
-from src.fused_layers import (DepthwisePReLUNorm, FramePad, PReLUNorm, depthwise, gln,
+from src.model.conv_tasnet import ConvTasNet, default_formulation
+from src.model_utils.errors import UserError
+from src.deploy.export import export_network
+from src.model.fused_layers import (DepthwisePReLUNorm, FramePad, PReLUNorm, depthwise, gln,
                               prelu)
-from src.loss import PITLoss
+from src.training.loss import PITLoss
 from tests.process_helpers import ROOT, run_python
 SMALL = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=3, R=2)
 SHORT = dict(X=2, R=2)  # fewer blocks where graphs with gradients are compiled

@@ -12,15 +12,15 @@ import soundfile as sf
 import yaml
 import mindspore as ms
 
-from src.conv_tasnet import ConvTasNet
-from src.errors import UserError
-from src.evaluate import RESULTS_CSV, SUMMARY_JSON, run_evaluation, score_utterance
-from src.export_utils import export_network
-from src.infer_310 import (INPUT_DIR, PREPROCESS_DIR, RESULT_DIR, TIMING_FILE, postprocess,
-                           preprocess, read_manifest, run_bins_on_cpu)
-from src.inference import load_model, stream_separate
+from src.model.conv_tasnet import ConvTasNet
+from src.model_utils.errors import UserError
+from src.evaluation.evaluate import RESULTS_CSV, SUMMARY_JSON, run_evaluation, score_utterance
+from src.deploy.export import export_network
+from src.deploy.infer_310 import (INPUT_DIR, PREPROCESS_DIR, RESULT_DIR, TIMING_FILE, postprocess,
+                           write_310_inputs, read_manifest, run_bins_on_cpu)
+from src.deploy.inference import load_model, stream_separate
 from src.model_utils.config import load_config
-from src.preprocessing import preprocess as preprocess_librimix
+from src.data.preparation import prepare_dataset
 from librimix_helpers import config, make_tiny_librimix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
     in_dir = make_tiny_librimix(root / "librimix", sizes={"train-360": 1, "dev": 1, "test": 3},
                                 min_seconds=0.3, max_seconds=0.6)
     data_dir = str(root / "data")
-    preprocess_librimix(config(in_dir=in_dir, out_dir=data_dir, splits="[test]",
+    prepare_dataset(config(in_dir=in_dir, out_dir=data_dir, splits="[test]",
                                preprocess_workers=1), log=lambda *_: None)
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(5)
@@ -120,7 +120,7 @@ def test_fixed_length_model_gets_padded_chunks_stitched_back(setup, tmp_path):
     mindir = export_network(setup["net"], str(tmp_path / "fixed"), "MINDIR", input_length=FIXED)
     cfg = cfg_for(setup, "--chunk_overlap=0.05", f"--infer_dir={tmp_path}")
     prep = str(tmp_path / PREPROCESS_DIR)
-    manifest = preprocess(cfg, mindir, prep, log=lambda *_: None)
+    manifest = write_310_inputs(cfg, mindir, prep, log=lambda *_: None)
     assert manifest["fixed_length"] == FIXED
     files = sorted(os.listdir(os.path.join(prep, INPUT_DIR)))
     assert all(os.path.getsize(os.path.join(prep, INPUT_DIR, f)) == 4 * FIXED for f in files)
@@ -146,7 +146,7 @@ def test_fixed_length_model_gets_padded_chunks_stitched_back(setup, tmp_path):
 def test_pipeline_errors(setup, tmp_path):
     prep = str(tmp_path / PREPROCESS_DIR)
     cfg = cfg_for(setup)
-    preprocess(cfg, setup["mindir"], prep, log=lambda *_: None)
+    write_310_inputs(cfg, setup["mindir"], prep, log=lambda *_: None)
     results = str(tmp_path / RESULT_DIR)
     fixed = export_network(setup["net"], str(tmp_path / "fixed"), "MINDIR", input_length=FIXED)
     with pytest.raises(UserError, match=r"00000_000.bin: \d+ samples, but the model takes "
@@ -162,7 +162,7 @@ def test_pipeline_errors(setup, tmp_path):
         read_manifest(str(tmp_path))
     os.makedirs(tmp_path / "mine")
     with pytest.raises(UserError, match="mine: exists and is not a preprocess_Result folder"):
-        preprocess(cfg, setup["mindir"], str(tmp_path / "mine"), log=lambda *_: None)
+        write_310_inputs(cfg, setup["mindir"], str(tmp_path / "mine"), log=lambda *_: None)
     assert os.listdir(tmp_path / "mine") == []
 
 

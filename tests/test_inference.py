@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from src.conv_tasnet import ConvTasNet
-from src.inference import (chunk_geometry, crossfade_windows, match_order, model_function,
+from src.model.conv_tasnet import ConvTasNet
+from src.deploy.inference import (chunk_geometry, crossfade_windows, match_order, model_function,
                            separate_in_chunks, stream_separate)
 
 # BN in eval mode has no utterance statistics: the model's receptive field is finite, so chunked

@@ -5,9 +5,9 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from src.conv_tasnet import ConvTasNet
-from src.loss import PITLoss, pairwise_si_snr
-from src import metrics
+from src.model.conv_tasnet import ConvTasNet
+from src.training.loss import PITLoss, pairwise_si_snr
+from src.evaluation import metrics
 
 
 def make_batch(C, lengths, T, seed=0):

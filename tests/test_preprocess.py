@@ -8,10 +8,10 @@ import pytest
 import soundfile as sf
 import mindspore.dataset as ds
 
-from src.errors import UserError
-from src.librimix import load_split
-from src.mindrecord_io import COLUMNS, decode
-from src.preprocessing import preprocess
+from src.model_utils.errors import UserError
+from src.data.librimix import load_split
+from src.data.mindrecord_io import COLUMNS, decode
+from src.data.preparation import prepare_dataset
 from librimix_helpers import TINY_SIZES, config, make_tiny_librimix, read_float, wav_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ def tiny(tmp_path_factory):
 
 def run(in_dir, out_dir, **values):
     values.setdefault("preprocess_workers", 1)
-    return preprocess(config(in_dir=in_dir, out_dir=out_dir, **values), log=lambda *_: None)
+    return prepare_dataset(config(in_dir=in_dir, out_dir=out_dir, **values), log=lambda *_: None)
 
 
 def copy_set(src, dst, splits=("test",)):
@@ -191,7 +191,7 @@ def test_skip_bad_keeps_the_rest_and_lists_the_bad(tiny, tmp_path, capsys):
     bad_path = damage(data, "corrupt")
     cfg = config(in_dir=data, out_dir=tmp_path / "out", splits="[test]", skip_bad="true",
                  preprocess_workers=1)
-    info = preprocess(cfg)["test"]
+    info = prepare_dataset(cfg)["test"]
     assert info["mixtures"] == TINY_SIZES["test"] - 1 and info["skipped"] == 1
     printed = capsys.readouterr().out
     assert bad_path in printed and "skipped.txt" in printed
@@ -260,7 +260,7 @@ def test_foreign_folder_is_never_replaced(tiny, tmp_path):
 
 
 def test_interrupted_run_leaves_no_output_and_resumes(tiny, tmp_path, monkeypatch):
-    import src.preprocessing as preprocessing
+    import src.data.preparation as preprocessing
     real = preprocessing.read_order
 
     def interrupted(*args):

@@ -9,12 +9,12 @@ import soundfile as sf
 import yaml
 import mindspore as ms
 
-from src.audio import resample_audio
-from src.conv_tasnet import ConvTasNet
-from src.errors import UserError
-from src.inference import chunk_geometry, load_model
+from src.data.audio import resample_audio
+from src.model.conv_tasnet import ConvTasNet
+from src.model_utils.errors import UserError
+from src.deploy.inference import chunk_geometry, load_model
 from src.model_utils.config import load_config
-from src.separation import chunking, run_separation, separate_inputs
+from src.deploy.separation import chunking, run_separation, separate_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(N=8, L=16, B=4, H=8, Sc=4, P=3, X=1, R=1)

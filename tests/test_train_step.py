@@ -4,10 +4,10 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from src.conv_tasnet import ConvTasNet, model_kwargs
-from src.errors import UserError
+from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.model_utils.errors import UserError
 from src.model_utils.config import load_config
-from src.train_step import (NetWithLoss, TrainStep, _grad_square_sum, make_optimizer,
+from src.training.train_step import (NetWithLoss, TrainStep, _grad_square_sum, make_optimizer,
                             make_train_step, mixed_precision_level)
 from process_helpers import run_python
 from train_helpers import flags

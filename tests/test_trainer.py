@@ -16,14 +16,14 @@ import mindspore as ms
 import mindspore.dataset as ds
 from matplotlib.image import imread
 
-from src.checkpoint import load_weights, save_checkpoint
-from src.conv_tasnet import ConvTasNet, model_kwargs
-from src.errors import UserError
+from src.model.checkpoint import load_weights, save_checkpoint
+from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.model_utils.errors import UserError
 from src.model_utils.config import load_config
-from src.train_state import (STATE_KEY, TrainState, end_of_epoch, last_path,
+from src.training.train_state import (STATE_KEY, TrainState, end_of_epoch, last_path,
                              save_train_checkpoint)
-from src.train_step import make_train_step
-from src.trainer import RunLog, fit, train
+from src.training.train_step import make_train_step
+from src.training.trainer import RunLog, fit, train
 from train_helpers import assert_same_arrays, checkpoint_arrays, flags, make_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

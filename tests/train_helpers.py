@@ -4,7 +4,7 @@ import os
 import numpy as np
 import mindspore as ms
 
-from src.preprocessing import preprocess
+from src.data.preparation import prepare_dataset
 from librimix_helpers import config, make_tiny_librimix
 
 # 8 training mixtures of 0.5-0.9 s cut into 0.5 s crops: 4 batches of 2 per epoch on one device.
@@ -18,7 +18,7 @@ def make_data_dir(root):
     in_dir = make_tiny_librimix(os.path.join(root, "librimix"), sizes=SIZES, min_seconds=0.5,
                                 max_seconds=0.9)
     data_dir = os.path.join(root, "data")
-    preprocess(config(in_dir=in_dir, out_dir=data_dir, preprocess_workers=1),
+    prepare_dataset(config(in_dir=in_dir, out_dir=data_dir, preprocess_workers=1),
                log=lambda *_: None)
     return data_dir
 

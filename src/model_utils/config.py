@@ -13,7 +13,7 @@ import sys
 
 import yaml
 
-from src.errors import UserError
+from src.model_utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(ROOT, "default_config.yaml")

@@ -3,8 +3,8 @@ import os
 
 import mindspore as ms
 
-from src import cpu_kernels
-from src.errors import UserError
+from src.model import cpu_kernels
+from src.model_utils.errors import UserError
 
 
 def init_device(cfg, mode=ms.GRAPH_MODE):
@@ -24,7 +24,7 @@ def init_device(cfg, mode=ms.GRAPH_MODE):
     ms.set_context(mode=mode)
     if target == "CPU" and mode == ms.GRAPH_MODE and getattr(cfg, "cpu_graph_kernel", True):
         # Graph-kernel fusion: the elementwise chains of the network's CPU formulation
-        # (src/conv_tasnet.py) run as fused kernels: a paper-configuration training step
+        # (src/model/conv_tasnet.py) run as fused kernels: a paper-configuration training step
         # 1.68 -> 1.33 s and 7.1 -> 2.7 GB (benchmarks/README.md). StridedSlice joins the
         # fused kernels: the depthwise convolution's shifted frames are then read in place
         # instead of copied, 5x faster. It applies to graphs with static shapes.

@@ -8,7 +8,7 @@ be used.
 Per epoch: the training batches (logged every log_interval steps; a progress bar when stdout is a
 terminal), then the mean SI-SNRi on the validation set, then the schedule (learning rate times
 lr_factor after lr_patience epochs without a better SI-SNRi; stop after early_stop_patience), then
-rank 0 writes the checkpoints (see src/train_state.py) and the curves (src/curves.py). A step with
+rank 0 writes the checkpoints (see src/training/train_state.py) and the curves (src/training/curves.py). A step with
 a NaN/inf loss or gradient is skipped and logged; max_nonfinite_steps of them in a row stop the run
 with an error and leave the last checkpoint as it was.
 """
@@ -20,16 +20,16 @@ import time
 
 from tqdm import tqdm
 
-from src.conv_tasnet import ConvTasNet, model_kwargs
-from src.curves import write_curves
-from src.atomic import remove_leftovers, write_yaml
-from src.errors import UserError
-from src.evaluate import evaluate
-from src.inference import dynamic_model_function
-from src.train_state import (TrainState, best_path, end_of_epoch, epoch_path, last_path,
+from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.training.curves import write_curves
+from src.model_utils.atomic import remove_leftovers, write_yaml
+from src.model_utils.errors import UserError
+from src.evaluation.evaluate import evaluate
+from src.deploy.inference import dynamic_model_function
+from src.training.train_state import (TrainState, best_path, end_of_epoch, epoch_path, last_path,
                              load_train_checkpoint, new_running, prune_epoch_checkpoints,
                              resume_path, save_train_checkpoint)
-from src.train_step import init_parallel, make_train_step, set_learning_rate
+from src.training.train_step import init_parallel, make_train_step, set_learning_rate
 
 CONFIG_NAME = "config.yaml"
 
@@ -94,7 +94,7 @@ def validation_scorer(net, dataset, cfg, progress=False):
 
 def train(cfg):
     """Train as configured by `cfg` (train.py). Returns the final TrainState."""
-    from src.dataset import create_eval_dataset, create_train_dataset
+    from src.data.dataset import create_eval_dataset, create_train_dataset
     rank_id, rank_size = init_parallel(cfg)
     train_set = create_train_dataset(cfg, rank_id, rank_size)
     valid_set, _ = create_eval_dataset(cfg, cfg.valid_name, cfg.cv_maxlen)

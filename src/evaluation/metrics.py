@@ -1,7 +1,7 @@
 """Separation metrics in numpy: the reference that the MindSpore loss is checked against.
 
 SI-SNR (Le Roux et al., "SDR - half-baked or well done?", 2019) with the same epsilon and the
-same zero-mean convention as `src/loss.py`; SI-SNRi is the improvement over the mixture itself.
+same zero-mean convention as `src/training/loss.py`; SI-SNRi is the improvement over the mixture itself.
 Arrays are [..., T] float; results are in dB with the leading axes kept.
 """
 import itertools

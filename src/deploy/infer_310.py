@@ -9,7 +9,7 @@ Layout under `infer_dir`:
 
 A MINDIR with a dynamic time axis gets whole utterances (or, with chunk_seconds > 0, the chunks
 that eval.py uses); one with a fixed length L_in gets chunks of at most L_in samples, zero-padded
-to L_in. The chunks are the ones `src/inference.py` makes: preprocessing runs its chunking with a
+to L_in. The chunks are the ones `src/deploy/inference.py` makes: preprocessing runs its chunking with a
 model_fn that records each chunk, postprocessing runs the same chunking again with a model_fn that
 replays the results, so the stitching (cross-fades, speaker order) is the one of eval.py and
 separate.py.
@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from src.errors import UserError
-from src.inference import separate_in_chunks, stream_separate
+from src.model_utils.errors import UserError
+from src.deploy.inference import separate_in_chunks, stream_separate
 
 MANIFEST = "manifest.json"
 PREPROCESS_DIR = "preprocess_Result"
@@ -58,15 +58,15 @@ def _write_f32(path, array):
     np.ascontiguousarray(array, np.float32).tofile(path)
 
 
-def preprocess(cfg, mindir_path, prep_dir, log=print):
+def write_310_inputs(cfg, mindir_path, prep_dir, log=print):
     """Write the test split of cfg.data_dir as .bin files for the MINDIR at `mindir_path`.
 
     The folder is written under a temporary name and renamed into place (an older one there, with
     a manifest, is replaced). Returns the manifest.
     """
-    from src.dataset import create_eval_dataset
-    from src.evaluate import iterate_utterances
-    from src.export_utils import mindir_input_shape
+    from src.data.dataset import create_eval_dataset
+    from src.evaluation.evaluate import iterate_utterances
+    from src.deploy.export import mindir_input_shape
 
     fixed = max(mindir_input_shape(mindir_path)[1], 0)
     settings = _chunk_settings(cfg, fixed)
@@ -136,8 +136,8 @@ def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print):
     """The CPU counterpart of ascend310_infer/out/main: every <name>.bin of input_dir through the
     MINDIR, outputs to <name>_<k>.bin and the time per input to time_per_input.csv."""
     import mindspore as ms
-    from src.export_utils import load_mindir, mindir_input_shape
-    from src.atomic import atomic_output, write_text
+    from src.deploy.export import load_mindir, mindir_input_shape
+    from src.model_utils.atomic import atomic_output, write_text
 
     declared = mindir_input_shape(mindir_path)
     graph = load_mindir(mindir_path)
@@ -171,9 +171,9 @@ def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print):
 def postprocess(prep_dir, result_dir):
     """Stitch the results of every utterance and score them against the references.
 
-    Returns (rows, summary) as src.evaluate.evaluate does (SI-SNR and SI-SNRi; no SDR).
+    Returns (rows, summary) as src.evaluation.evaluate.evaluate does (SI-SNR and SI-SNRi; no SDR).
     """
-    from src.evaluate import score_utterance, summarize
+    from src.evaluation.evaluate import score_utterance, summarize
 
     manifest = read_manifest(prep_dir)
     n_src, fixed = manifest["n_src"], manifest["fixed_length"]
@@ -210,21 +210,3 @@ def read_result(result_dir, name, n_src, samples):
         raise UserError(f"{path}: {data.size} values, expected {n_src} x {samples} "
                         "(a result of another model or input)")
     return data.reshape(n_src, samples)
-
-
-def main():
-    """python -m src.infer_310: the CPU inference step of scripts/run_infer_310.sh."""
-    from src.model_utils.config import load_config
-    cfg = load_config(description="Run the preprocessed .bin files through a MINDIR on CPU")
-    if not cfg.mindir_path:
-        raise UserError("mindir_path: expected the exported MINDIR (--mindir_path=...)")
-    import mindspore as ms
-    ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    run_bins_on_cpu(cfg.mindir_path, os.path.join(cfg.infer_dir, PREPROCESS_DIR, INPUT_DIR),
-                    os.path.join(cfg.infer_dir, RESULT_DIR))
-
-
-if __name__ == "__main__":
-    from src.errors import run_main
-    run_main(main)

@@ -1,7 +1,7 @@
 """Separating a user's recordings: any readable format, rate and channel count, any length.
 
 A file is streamed: blocks are read with soundfile, downmixed to mono, resampled to the model's
-rate with a streaming soxr resampler, separated chunk by chunk (src.inference.stream_separate),
+rate with a streaming soxr resampler, separated chunk by chunk (src.deploy.inference.stream_separate),
 resampled back to the file's rate and appended to `<name>_s1.wav` ... `<name>_sC.wav` (32-bit
 float WAV, so loud estimates are not clipped). Memory therefore depends on the chunk length, not on
 the length of the file. Outputs are written under temporary names and renamed when complete.
@@ -13,9 +13,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from src.atomic import atomic_output
-from src.errors import UserError
-from src.inference import stream_separate
+from src.model_utils.atomic import atomic_output
+from src.model_utils.errors import UserError
+from src.deploy.inference import stream_separate
 
 READ_BLOCK = 1 << 16          # frames read from the input at a time
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
@@ -136,7 +136,7 @@ def plot_separation(path, outputs, png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from src.audio import read_audio
+    from src.data.audio import read_audio
 
     signals = [read_audio(p) for p in [path] + list(outputs)]
     titles = [f"mixture: {os.path.basename(path)}"] + [os.path.basename(o) for o in outputs]
@@ -206,7 +206,7 @@ def run_separation(cfg, log=print):
     """separate.py: check the settings, load the model, separate every input.
 
     Raises UserError when any input failed (after all were attempted)."""
-    from src.inference import load_model
+    from src.deploy.inference import load_model
 
     for key in ("model_path", "input"):
         if not getattr(cfg, key):

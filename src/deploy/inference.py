@@ -22,7 +22,7 @@ import os
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from src.errors import UserError
+from src.model_utils.errors import UserError
 
 EPS = 1e-8
 
@@ -160,7 +160,7 @@ def dynamic_model_function(net):
 
     In graph mode a cell compiles one graph per input shape (seconds each, and each kept in
     memory); utterances and recordings all differ in length. A graph with a dynamic time axis is
-    also leaner for long inputs (one speaker's mask at a time, src/conv_tasnet.py).
+    also leaner for long inputs (one speaker's mask at a time, src/model/conv_tasnet.py).
     The cell is wrapped in a cell with a dynamic time axis (set_inputs), so that `net` itself,
     which training may be running with other shapes, keeps its inputs and parameter names.
     """
@@ -186,7 +186,7 @@ def dynamic_model_function(net):
 def load_model(cfg, path):
     """A model_fn for the checkpoint (.ckpt) or exported MINDIR (.mindir) at `path`.
 
-    A checkpoint is loaded into a ConvTasNet built from `cfg` (src.checkpoint.load_network) and
+    A checkpoint is loaded into a ConvTasNet built from `cfg` (src.model.checkpoint.load_network) and
     run through one graph for all lengths (dynamic_model_function); a MINDIR is loaded with
     mindspore.load and run through nn.GraphCell. A MINDIR exported with a fixed input length
     (cfg.input_length > 0) gets every chunk zero-padded to that length; its model_fn has
@@ -195,7 +195,7 @@ def load_model(cfg, path):
     import mindspore as ms
     from mindspore import nn
 
-    from src.checkpoint import load_network
+    from src.model.checkpoint import load_network
 
     if not os.path.isfile(path):
         raise UserError(f"{path}: model file not found")

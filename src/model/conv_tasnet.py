@@ -19,24 +19,24 @@ device in `default_formulation`:
               operators. Used on Ascend and GPU.
     "matmul"  frames last, [batch, K, channels]: the 1x1 convolutions as matrix products, the
               depthwise convolution as P shifted products, gLN and PReLU fused with hand-written
-              gradients (src/fused_layers.py). Used on CPU, where MindSpore's depthwise-conv,
+              gradients (src/model/fused_layers.py). Used on CPU, where MindSpore's depthwise-conv,
               GroupNorm and PReLU kernels (forward and backward) cost more than the matrix
               products of the whole network (benchmarks/README.md).
     "kernels" "matmul" with the forward pass of each fused chain (gLN, PReLU, the depthwise
-              convolution) as one C++ kernel (src/cpu_kernels.py). Used on CPU when the kernels
+              convolution) as one C++ kernel (src/model/cpu_kernels.py). Used on CPU when the kernels
               can be compiled there: 2-6x faster than those chains in MindSpore's operators, and
               in graphs of any length, where MindSpore has no graph-kernel fusion.
 All have the same parameters (names and shapes) and the same outputs and gradients up to float
 rounding. An exported graph (MINDIR, ONNX) always holds MindSpore's own operators
-(src/export_utils.py), whatever the formulation.
+(src/deploy/export.py), whatever the formulation.
 """
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import functional as F
 
-from src import cpu_kernels
-from src.errors import UserError
-from src.fused_layers import (DepthwisePReLUNorm, FramePad, FusedCell, GlobalNorm, PReLUNorm,
+from src.model import cpu_kernels
+from src.model_utils.errors import UserError
+from src.model.fused_layers import (DepthwisePReLUNorm, FramePad, FusedCell, GlobalNorm, PReLUNorm,
                               broadcast_like, depthwise, prelu)
 
 EPS = 1e-8

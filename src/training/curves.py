@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from src.atomic import atomic_output, write_json, write_text
+from src.model_utils.atomic import atomic_output, write_json, write_text
 
 COLUMNS = ("epoch", "steps", "skipped", "train_loss", "valid_si_snri", "lr", "seconds")
 CSV_NAME, JSON_NAME, PNG_NAME = "curves.csv", "curves.json", "curves.png"

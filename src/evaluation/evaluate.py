@@ -1,11 +1,11 @@
 """Scoring a separation model on whole utterances: SI-SNR(i) and SDR(i), per utterance and averaged.
 
-SI-SNR uses the numpy reference of `src/metrics.py` under the best permutation (PIT); SI-SNRi is
+SI-SNR uses the numpy reference of `src/evaluation/metrics.py` under the best permutation (PIT); SI-SNRi is
 the gain over the mixture itself. SDR is BSS Eval v3 (`mir_eval.separation.bss_eval_sources`,
 distortion filters of 512 taps, its own best permutation, as in the Conv-TasNet paper's scoring);
 SDRi is the gain over the mixture used as the estimate of every source. Each utterance is
 separated alone at its own length (no padding reaches the model), and utterances longer than
-`chunk_samples` go through the overlapping-chunk inference of `src/inference.py`.
+`chunk_samples` go through the overlapping-chunk inference of `src/deploy/inference.py`.
 """
 import csv
 import io
@@ -15,11 +15,11 @@ import warnings
 
 import numpy as np
 
-from src.atomic import write_json, write_text
-from src.audio import write_audio
-from src.errors import UserError
-from src.inference import dynamic_model_function, separate_in_chunks
-from src.metrics import si_snri
+from src.model_utils.atomic import write_json, write_text
+from src.data.audio import write_audio
+from src.model_utils.errors import UserError
+from src.deploy.inference import dynamic_model_function, separate_in_chunks
+from src.evaluation.metrics import si_snri
 
 CSV_COLUMNS = ("id", "length", "si_snr", "si_snri", "sdr", "sdri")
 RESULTS_CSV = "eval_results.csv"
@@ -83,12 +83,12 @@ def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
         net: a cell (ConvTasNet, nn.GraphCell) or a model_fn (numpy [1, t] -> [1, C, t]). A
             cell in training mode is evaluated in inference mode and put back afterwards.
         dataset: mindspore dataset with columns mixture [b, T], sources [b, C, T], lengths [b]
-            (src.dataset.create_eval_dataset).
+            (src.data.dataset.create_eval_dataset).
         ids: utterance names in dataset order.
         n_src: the number of sources the model gives; a dataset with another number is an error.
         with_sdr: also compute SDR and SDRi (BSS Eval v3; slower than SI-SNR).
         chunk_samples, overlap_samples, align: utterances longer than chunk_samples (> 0) are
-            separated in overlapping chunks (src.inference.separate_in_chunks).
+            separated in overlapping chunks (src.deploy.inference.separate_in_chunks).
         progress: show a tqdm progress bar.
         on_utterance: called as on_utterance(index, id, mixture [T], estimates [C, T]) with the
             estimates in the references' order.
@@ -233,8 +233,8 @@ def run_evaluation(cfg, log=print):
     Writes eval_results.csv, eval_summary.json (and with save_wav, wav/) into
     <output_dir>/eval_<test_name>/. Returns (rows, summary).
     """
-    from src.checkpoint import load_network
-    from src.dataset import create_eval_dataset
+    from src.model.checkpoint import load_network
+    from src.data.dataset import create_eval_dataset
     from src.model_utils.device import init_device
 
     if cfg.save_wav < 0:

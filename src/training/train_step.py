@@ -17,8 +17,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.communication import get_group_size, get_rank, init
 
-from src.errors import UserError
-from src.loss import PITLoss
+from src.model_utils.errors import UserError
+from src.training.loss import PITLoss
 
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 

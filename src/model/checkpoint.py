@@ -3,9 +3,9 @@ import os
 
 import mindspore as ms
 
-from src.atomic import atomic_output
-from src.conv_tasnet import ConvTasNet, model_kwargs
-from src.errors import UserError
+from src.model_utils.atomic import atomic_output
+from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.model_utils.errors import UserError
 
 
 def read_checkpoint(path):

@@ -17,7 +17,7 @@ number of steps). Batches are full (the remainder of an epoch's shuffled order w
 epoch).
 
 The shuffling follows mindspore.dataset's global seed, which create_train_dataset sets to cfg.seed.
-With `dynamic_mixing` the training examples are made on the fly instead (src/dynamic_mixing.py);
+With `dynamic_mixing` the training examples are made on the fly instead (src/data/dynamic_mixing.py);
 with `swap_sources` the sources of each stored mixture come in a random order.
 
 Evaluation: whole utterances, one per batch, in the order of the ids returned.
@@ -28,11 +28,11 @@ import zlib
 import numpy as np
 import mindspore.dataset as ds
 
-from src.audio import read_audio
-from src.dynamic_mixing import SourceOrderSwap, create_dynamic_mixing_dataset
-from src.errors import UserError
-from src.librimix import load_split, stream_names
-from src.mindrecord_io import COLUMNS, decode
+from src.data.audio import read_audio
+from src.data.dynamic_mixing import SourceOrderSwap, create_dynamic_mixing_dataset
+from src.model_utils.errors import UserError
+from src.data.librimix import load_split, stream_names
+from src.data.mindrecord_io import COLUMNS, decode
 
 
 def create_train_dataset(cfg, rank_id=0, rank_size=1):

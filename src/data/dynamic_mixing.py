@@ -35,9 +35,9 @@ import zlib
 import numpy as np
 import mindspore.dataset as ds
 
-from src.audio import read_audio, resample_audio
-from src.errors import UserError
-from src.librimix import load_split
+from src.data.audio import read_audio, resample_audio
+from src.model_utils.errors import UserError
+from src.data.librimix import load_split
 
 PEAK = 0.9            # everything is scaled to this peak when a signal would reach 1.0
 _DRAW_TAG = 0x444D    # separates these draws from the other uses of the seed
@@ -229,7 +229,7 @@ def create_dynamic_mixing_dataset(cfg, rank_id=0, rank_size=1):
 
     Returns:
         a batched mindspore.dataset.Dataset with columns mixture [B, S], sources [B, C, S],
-        lengths [B], like src.dataset.create_train_dataset (which calls this when
+        lengths [B], like src.data.dataset.create_train_dataset (which calls this when
         cfg.dynamic_mixing is set, after checking segment, batch_size and the rank).
     """
     settings = mixing_settings(cfg)

@@ -19,8 +19,8 @@ import re
 
 import mindspore as ms
 
-from src.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from src.errors import UserError
+from src.model.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from src.model_utils.errors import UserError
 
 PREFIX = "conv_tasnet"
 STATE_KEY = "train_state"

@@ -26,7 +26,7 @@ import zipfile
 
 import numpy as np
 
-from src.errors import UserError
+from src.model_utils.errors import UserError
 
 MODEL_KEYS = ("N", "L", "B", "H", "Sc", "P", "X", "R", "n_src", "norm_type", "causal",
               "mask_nonlinear", "encoder_activation", "edge_pad", "sample_rate")
@@ -340,9 +340,9 @@ def convert(src, dst, cfg):
     the names of those taken from `cfg` because the file does not record them.
     """
     import mindspore as ms
-    from src.atomic import write_yaml
-    from src.checkpoint import save_checkpoint
-    from src.conv_tasnet import ConvTasNet, model_kwargs
+    from src.model_utils.atomic import write_yaml
+    from src.model.checkpoint import save_checkpoint
+    from src.model.conv_tasnet import ConvTasNet, model_kwargs
     from src.model_utils.config import Config
 
     if not dst.endswith(".ckpt"):

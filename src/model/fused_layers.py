@@ -1,6 +1,6 @@
 """Fused layers, with hand-written gradients, of the frames-last ("matmul") Conv-TasNet formulation.
 
-In the frames-last formulation (see src/conv_tasnet.py) a block's tensors are [batch, K, H]. Two
+In the frames-last formulation (see src/model/conv_tasnet.py) a block's tensors are [batch, K, H]. Two
 chains of a block are one cell each, with a `bprop` that recomputes what it needs from the chain's
 input instead of keeping every intermediate tensor for the backward pass:
 
@@ -18,7 +18,7 @@ written as sums over the last axis of 2-D views, the fast reductions of MindSpor
 autodiff of the same expressions reduces over leading axes, which is several times slower there.
 
 With `use_kernel(True)` (the "kernels" formulation on CPU) the forward pass of each of these cells
-is one C++ kernel (src/cpu_kernels.py); the backward pass stays as written here.
+is one C++ kernel (src/model/cpu_kernels.py); the backward pass stays as written here.
 
 Only primitives are called inside these cells: the functional wrappers (ops.relu, ops.zeros_like)
 break MindSpore 2.7's graph compiler when they are used in both `construct` and `bprop`.
@@ -27,7 +27,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.ops import functional as F
 
-from src import cpu_kernels
+from src.model import cpu_kernels
 
 EPS = 1e-8
 

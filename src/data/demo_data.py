@@ -21,10 +21,9 @@ With `noisy`, every mixture also gets a noise (coloured noise with spectral bump
 drift, standing in for WHAM!) at a random level in [-38, -30] dB, written to noise/, and the noisy
 mixtures mix_both/ (sources + noise) and mix_single/ (s1 + noise), with their metadata CSVs.
 
-Command line: python -m src.demo_data --out_dir DIR [--seed 0] [--n_src 2] [--sizes 200,30,30]
+Command line (make_demo_data.py): python make_demo_data.py --out_dir DIR [--seed 0] [--n_src 2] [--sizes 200,30,30]
     [--min_seconds 2] [--max_seconds 6] [--noisy]
 """
-import argparse
 import csv
 import json
 import os
@@ -32,8 +31,8 @@ import shutil
 
 import numpy as np
 
-from src.audio import write_audio
-from src.errors import UserError, run_main
+from src.data.audio import write_audio
+from src.model_utils.errors import UserError
 
 SPLITS = ("train-360", "dev", "test")
 DEFAULT_SIZES = {"train-360": 200, "dev": 30, "test": 30}
@@ -311,29 +310,3 @@ def _write_csv(path, header, rows):
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write a small synthetic LibriMix (demo and tests).")
-    parser.add_argument("--out_dir", required=True, help="root folder; Libri<C>Mix/ is made in it")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n_src", type=int, default=2)
-    parser.add_argument("--sample_rate", type=int, default=8000)
-    parser.add_argument("--sizes", default="200,30,30", help="mixtures in train-360,dev,test")
-    parser.add_argument("--min_seconds", type=float, default=2.0)
-    parser.add_argument("--max_seconds", type=float, default=6.0)
-    parser.add_argument("--noisy", action="store_true", help="also noise/, mix_both/, mix_single/")
-    parser.add_argument("--cross_gender", action="store_true",
-                        help="every mixture has female and male voices (easier; the demo's choice)")
-    args = parser.parse_args(argv)
-    try:
-        sizes = dict(zip(SPLITS, (int(v) for v in args.sizes.split(",")), strict=True))
-    except ValueError:
-        raise UserError(f"--sizes: expected three integers like 200,30,30, got {args.sizes!r}") from None
-    path = make_demo_librimix(args.out_dir, args.seed, args.n_src, args.sample_rate, sizes,
-                              args.min_seconds, args.max_seconds, args.noisy, args.cross_gender)
-    print(path)
-
-
-if __name__ == "__main__":
-    run_main(main)

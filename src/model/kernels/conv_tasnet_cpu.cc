@@ -1,4 +1,4 @@
-// CPU kernels of Conv-TasNet's frames-last formulation (src/cpu_kernels.py loads them as
+// CPU kernels of Conv-TasNet's frames-last formulation (src/model/cpu_kernels.py loads them as
 // MindSpore "aot" Custom operators). Each fuses one chain of a convolutional block into two passes
 // over the tensor: the first computes the chain and the utterance's sum and sum of squares, the
 // second applies gLN. Tensors are frames last, [batch, K, H], row-major; gLN's statistics are per

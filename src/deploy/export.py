@@ -3,7 +3,7 @@
 The exported graph takes a mixture [1, T] and gives estimates [1, C, T]. With `input_length` 0 the
 time axis is dynamic (`Tensor(shape=[1, None])`): one MINDIR serves utterances of any length. With
 `input_length` > 0 the graph takes exactly that many samples (for runtimes that need static
-shapes); longer signals then go through it in chunks (src/inference.py, preprocess_310.py).
+shapes); longer signals then go through it in chunks (src/deploy/inference.py, preprocess_310.py).
 A MINDIR is loaded back with `mindspore.load` + `nn.GraphCell` and must give the cell's output.
 """
 import os
@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from src.errors import UserError
+from src.model_utils.errors import UserError
 
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 DYNAMIC = -1

@@ -33,8 +33,8 @@ import re
 
 import numpy as np
 
-from src.audio import probe_audio, read_audio
-from src.errors import UserError
+from src.data.audio import probe_audio, read_audio
+from src.model_utils.errors import UserError
 
 INFO_FILE = "info.json"
 FORMAT_VERSION = 1

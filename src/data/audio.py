@@ -9,8 +9,8 @@ import re
 import numpy as np
 import soundfile as sf
 
-from src.atomic import atomic_output
-from src.errors import UserError
+from src.model_utils.atomic import atomic_output
+from src.model_utils.errors import UserError
 
 # libsndfile logs "data : 32000 (should be 15978)" for a file cut short
 _HEADER_MISMATCH = re.compile(r"^\s*data\s*:.*\(should be", re.MULTILINE)

@@ -3,7 +3,7 @@
 Per split: pair the files by mixture_ID, check every mixture in worker processes (pass 1, headers
 only), then, for MindRecord, read the samples in worker processes and write them in mixture order
 (pass 2). The split is built in `<out_dir>/.tmp-<split>` and renamed to `<out_dir>/<split>` when it
-is complete; `info.json`, written last, marks it finished. Output layout: see src/librimix.py.
+is complete; `info.json`, written last, marks it finished. Output layout: see src/data/librimix.py.
 
 A finished split is never replaced without `overwrite`: re-running over finished output is refused,
 a run that was interrupted resumes with the splits it had not finished, and a folder that
@@ -16,10 +16,10 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
-from src.errors import UserError
-from src.librimix import (FORMAT_VERSION, INFO_FILE, check_mixture, find_split_root, list_mixtures,
+from src.model_utils.errors import UserError
+from src.data.librimix import (FORMAT_VERSION, INFO_FILE, check_mixture, find_split_root, list_mixtures,
                           read_info, read_mixture, stream_names, write_json)
-from src.mindrecord_io import SplitWriter, read_order
+from src.data.mindrecord_io import SplitWriter, read_order
 
 BLOCK = 256  # mixtures handed to the workers at a time (bounds the memory of pass 2)
 
@@ -77,7 +77,7 @@ def plan_splits(cfg, root, formats):
     return todo
 
 
-def preprocess(cfg, log=print):
+def prepare_dataset(cfg, log=print):
     """Convert the splits `cfg.splits` of the LibriMix at `cfg.in_dir` into `cfg.out_dir`.
 
     Returns:

@@ -1,4 +1,4 @@
-"""The C++ kernels of the CPU formulation (src/kernels/conv_tasnet_cpu.cc) as MindSpore operators.
+"""The C++ kernels of the CPU formulation (src/model/kernels/conv_tasnet_cpu.cc) as MindSpore operators.
 
 Each kernel runs one chain of a convolutional block (PReLU, depthwise convolution, gLN) in two
 passes over its tensor, for graphs of any length: MindSpore 2.7's graph-kernel fusion works only
@@ -10,7 +10,7 @@ CPU (-march=native) into a cache folder, `$CONV_TASNET_KERNEL_CACHE` or
 ~/.cache/conv_tasnet_mindspore, under a name that hashes the source, the flags, the compiler and
 the CPU, so that a changed source or another machine sharing the folder gets its own build.
 Without a compiler (or if the build fails) `library()` is None, says why once, and the model
-keeps MindSpore's own operators (src/conv_tasnet.py, default_formulation).
+keeps MindSpore's own operators (src/model/conv_tasnet.py, default_formulation).
 """
 import functools
 import hashlib
