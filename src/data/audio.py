@@ -16,6 +16,13 @@ from src.model_utils.errors import UserError
 _HEADER_MISMATCH = re.compile(r"^\s*data\s*:.*\(should be", re.MULTILINE)
 
 
+def _reason(err):
+    """libsndfile's whole reason, without its "Error opening '<path>': " prefix (the path is named
+    once, by the caller; a long path must not push the reason out of the line)."""
+    reason = getattr(err, "error_string", None) or str(err)
+    return " ".join(reason.split())
+
+
 def read_audio(path, sample_rate=None, mono=True, resample=False, dtype="float32"):
     """Read an audio file.
 
@@ -33,7 +40,7 @@ def read_audio(path, sample_rate=None, mono=True, resample=False, dtype="float32
     try:
         signal, rate = sf.read(path, dtype=dtype, always_2d=True)
     except (RuntimeError, sf.LibsndfileError, ValueError) as err:
-        raise UserError(f"{path}: not readable audio ({str(err).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not readable audio ({_reason(err)})") from None
     if signal.shape[0] == 0:
         raise UserError(f"{path}: audio has no samples")
     signal = signal.T                                       # [channels, T]
@@ -58,7 +65,7 @@ def probe_audio(path):
     try:
         info = sf.info(path)
     except (RuntimeError, sf.LibsndfileError, ValueError) as err:
-        raise UserError(f"{path}: not readable audio ({str(err).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not readable audio ({_reason(err)})") from None
     if info.frames == 0:
         raise UserError(f"{path}: audio has no samples (zero-length file)")
     if _HEADER_MISMATCH.search(info.extra_info or ""):

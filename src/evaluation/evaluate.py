@@ -19,7 +19,7 @@ from src.model_utils.atomic import write_json, write_text
 from src.data.audio import write_audio
 from src.model_utils.errors import UserError
 from src.deploy.inference import dynamic_model_function, separate_in_chunks
-from src.evaluation.metrics import si_snri
+from src.evaluation.metrics import EPS, si_snri
 
 CSV_COLUMNS = ("id", "length", "si_snr", "si_snri", "sdr", "sdri")
 RESULTS_CSV = "eval_results.csv"
@@ -44,18 +44,30 @@ def sdr_improvement(estimates, references, mixture):
     return float(sdr.mean()), float((sdr - baseline).mean())
 
 
+def has_silent_reference(references):
+    """True when a reference source of references [C, T] has no energy (after removing its mean)."""
+    references = np.asarray(references, np.float64)
+    centred = references - references.mean(axis=-1, keepdims=True)
+    return bool(((centred ** 2).sum(axis=-1) <= EPS).any())
+
+
 def score_utterance(estimates, references, mixture, with_sdr=True):
     """Scores of one utterance: estimates [C, T], references [C, T], mixture [T].
 
     Returns (scores, reordered): scores is a dict with si_snr, si_snri (and sdr, sdri when
-    with_sdr), means over the C sources in dB; reordered [C, T] are the estimates in the order of
-    the references (best SI-SNR permutation).
+    with_sdr), means over the C sources in dB, all None when a reference is silent (undefined);
+    reordered [C, T] are the estimates in the order of the references (best SI-SNR permutation).
     """
     mean_si_snr, mean_si_snri, perm = si_snri(estimates, references, mixture)
+    reordered = np.asarray(estimates)[perm]
+    if has_silent_reference(references):
+        # SI-SNR against silence is the -80 dB floor of EPS, not a score; SDR is undefined.
+        return dict.fromkeys(("si_snr", "si_snri") + (("sdr", "sdri") if with_sdr else ())), \
+            reordered
     scores = {"si_snr": mean_si_snr, "si_snri": mean_si_snri}
     if with_sdr:
         scores["sdr"], scores["sdri"] = sdr_improvement(estimates, references, mixture)
-    return scores, np.asarray(estimates)[perm]
+    return scores, reordered
 
 
 def iterate_utterances(dataset, ids=None):
@@ -142,10 +154,17 @@ def _evaluate(model_fn, dataset, ids, n_src, with_sdr, chunk_samples, overlap_sa
 
 
 def summarize(rows):
-    """Means of the per-utterance scores: {'utterances', 'samples', 'si_snr', 'si_snri', 'sdr', 'sdri'}."""
+    """Means of the per-utterance scores: {'utterances', 'samples', 'silent_references', 'si_snr',
+    'si_snri', 'sdr', 'sdri'}; utterances with a silent reference (scores None) are counted in
+    'silent_references' and left out of the means."""
     if not rows:
         raise UserError("the evaluation set is empty")
-    summary = {"utterances": len(rows), "samples": int(sum(r["length"] for r in rows))}
+    silent = sum(r["si_snr"] is None for r in rows)
+    if silent == len(rows):
+        raise UserError(f"every one of the {len(rows)} utterances has a silent reference source; "
+                        "nothing to score")
+    summary = {"utterances": len(rows), "samples": int(sum(r["length"] for r in rows)),
+               "silent_references": silent}
     for key in ("si_snr", "si_snri", "sdr", "sdri"):
         values = [r[key] for r in rows if r[key] is not None]
         summary[key] = float(np.mean(values)) if values else None
@@ -175,7 +194,9 @@ def summary_line(summary):
     parts = [f"SI-SNR {summary['si_snr']:.2f} dB", f"SI-SNRi {summary['si_snri']:.2f} dB"]
     if summary.get("sdri") is not None:
         parts += [f"SDR {summary['sdr']:.2f} dB", f"SDRi {summary['sdri']:.2f} dB"]
-    return ", ".join(parts) + f" over {summary['utterances']} utterances"
+    silent = summary.get("silent_references", 0)
+    left_out = f" ({silent} with a silent reference left out)" if silent else ""
+    return ", ".join(parts) + f" over {summary['utterances'] - silent} utterances{left_out}"
 
 
 

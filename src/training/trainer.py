@@ -12,6 +12,7 @@ rank 0 writes the checkpoints (see src/training/train_state.py) and the curves (
 a NaN/inf loss or gradient is skipped and logged; max_nonfinite_steps of them in a row stop the run
 with an error and leave the last checkpoint as it was.
 """
+import glob
 import hashlib
 import math
 import os
@@ -21,14 +22,14 @@ import time
 from tqdm import tqdm
 
 from src.model.conv_tasnet import ConvTasNet, model_kwargs
-from src.training.curves import write_curves
+from src.training.curves import CSV_NAME, JSON_NAME, PNG_NAME, write_curves
 from src.model_utils.atomic import remove_leftovers, write_yaml
 from src.model_utils.errors import UserError
 from src.evaluation.evaluate import evaluate
 from src.deploy.inference import dynamic_model_function
-from src.training.train_state import (TrainState, best_path, end_of_epoch, epoch_path, last_path,
-                             load_train_checkpoint, new_running, prune_epoch_checkpoints,
-                             resume_path, save_train_checkpoint)
+from src.training.train_state import (PREFIX, TrainState, best_path, end_of_epoch, epoch_path,
+                                      last_path, load_train_checkpoint, new_running,
+                                      prune_epoch_checkpoints, resume_path, save_train_checkpoint)
 from src.training.train_step import init_parallel, make_train_step, set_learning_rate
 
 CONFIG_NAME = "config.yaml"
@@ -72,6 +73,34 @@ def save_config(cfg, directory):
     write_yaml(os.path.join(directory, CONFIG_NAME), values)
 
 
+def previous_run_files(directory):
+    """The checkpoints and curves a training run left in `directory` (sorted paths)."""
+    found = glob.glob(os.path.join(glob.escape(directory), f"{PREFIX}-*.ckpt"))
+    curves = [os.path.join(directory, name) for name in (CSV_NAME, JSON_NAME, PNG_NAME)]
+    return sorted(found + [path for path in curves if os.path.isfile(path)])
+
+
+def claim_output_dir(directory, overwrite, is_main, log):
+    """Make sure a new run does not mix its files with those of another run in `directory`.
+
+    Without `overwrite` another run's checkpoints or curves there are an error; with it, rank 0
+    removes them, so that no old epoch checkpoint sits beside the new ones.
+    """
+    previous = previous_run_files(directory)
+    if not previous:
+        return
+    if not overwrite:
+        raise UserError(f"output_dir: {directory} holds a training run "
+                        f"({', '.join(os.path.basename(p) for p in previous[:3])}"
+                        f"{', ...' if len(previous) > 3 else ''}); pass --resume=auto to continue "
+                        "it, or a new --output_dir (--overwrite=true replaces it)")
+    if is_main:
+        for old in previous:
+            os.remove(old)
+        log(f"overwrite: removed the {len(previous)} checkpoints and curves of the previous run "
+            f"in {directory}")
+
+
 def validation_scorer(net, dataset, cfg, progress=False):
     """A function that returns the mean SI-SNRi (dB) of `net` on `dataset`, now.
 
@@ -111,13 +140,17 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
     out_dir = os.path.abspath(cfg.output_dir)
     is_main = rank_id == 0
     log = RunLog(rank_id, rank_size)
+    path = resume_path(cfg.resume, out_dir)
+    if not path:
+        if cfg.resume == "auto":
+            log(f"nothing to resume in {out_dir}: starting a new run")
+        claim_output_dir(out_dir, cfg.overwrite, is_main, log)
     steps_per_epoch = train_set.get_dataset_size()
     if steps_per_epoch < 1:
         raise UserError(f"batch_size: {cfg.batch_size} is more than the training mixtures of one "
                         f"device; the training set gives no batch")
     step_cell = make_train_step(net, cfg)
     validation_si_snri = validation_scorer(net, valid_set, cfg, progress=log.show_bar)
-    path = resume_path(cfg.resume, out_dir)
     if path:
         state = load_train_checkpoint(step_cell, net, path)
         log(f"resumed from {path}: {state.epoch} epochs and {state.epoch_step} steps done, "
