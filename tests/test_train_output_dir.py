@@ -10,7 +10,7 @@ import mindspore.dataset as ds
 from src.model.conv_tasnet import ConvTasNet, model_kwargs
 from src.model_utils.config import load_config
 from src.model_utils.errors import UserError
-from src.training.trainer import fit
+from src.training.trainer import fit, train
 from train_helpers import flags
 
 T = 160
@@ -71,3 +71,36 @@ def test_resume_auto_with_nothing_to_resume_says_so(tmp_path, capsys):
     with pytest.raises(UserError, match="the training set gives no batch"):
         fit(cfg, ConvTasNet(**model_kwargs(cfg)), train_set, valid_set)
     assert f"nothing to resume in {out}: starting a new run" in capsys.readouterr().out
+
+
+def test_only_train_100_generated_preprocessed_and_trained_on(tmp_path, capsys):
+    from src.data.preparation import prepare_dataset
+    from src.data.librimix import training_split
+    from librimix_helpers import config, make_tiny_librimix
+    in_dir = make_tiny_librimix(tmp_path / "in", sizes={"train-100": 2, "dev": 1},
+                                max_seconds=0.5)
+    data_dir = tmp_path / "data"
+    lines = []
+    written = prepare_dataset(config(in_dir=in_dir, out_dir=data_dir, preprocess_workers=1),
+                              log=lines.append)
+    assert sorted(written) == ["dev", "train-100"]
+    assert f"splits found in {in_dir}: train-100, dev; absent: train-360, test " \
+           "(--splits chooses them)" in lines
+    # Named on the command line, a missing split is still an error.
+    with pytest.raises(UserError, match="split 'test' needs"):
+        prepare_dataset(config(in_dir=in_dir, out_dir=tmp_path / "other", splits="[dev,test]",
+                               preprocess_workers=1), log=lines.append)
+
+    cfg = load_config([f"--data_dir={data_dir}"])
+    assert training_split(cfg) == ("train-100", f"train_name: no preprocessed 'train-360' in "
+                                   f"{data_dir}: training on 'train-100' (give --train_name to "
+                                   "choose)")
+    explicit = load_config([f"--data_dir={data_dir}", "--train_name=train-360"])
+    assert training_split(explicit) == ("train-360", None)
+    assert training_split(load_config([f"--data_dir={tmp_path}"])) == ("train-360", None)
+    # train.py's train() takes it: the training set it builds is train-100's (too small here).
+    capsys.readouterr()
+    with pytest.raises(UserError, match=f"{data_dir}/train-100: 2 usable training mixtures"):
+        train(load_config([f"--data_dir={data_dir}", f"--output_dir={tmp_path / 'run'}",
+                           "--batch_size=4"]))
+    assert "training on 'train-100'" in capsys.readouterr().out

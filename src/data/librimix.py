@@ -38,6 +38,9 @@ from src.model_utils.errors import UserError
 
 INFO_FILE = "info.json"
 FORMAT_VERSION = 1
+# LibriMix's smaller training split, used where the larger one was not generated (it saves 50 GB
+# of Libri2Mix) and no split was named on the command line.
+SMALLER_SPLIT = {"train-360": "train-100"}
 
 
 def stream_names(n_src):
@@ -70,6 +73,23 @@ def find_split_root(in_dir, splits, n_src, mix_type, sample_rate, allow_other_ra
     raise UserError(f"{in_dir}: no LibriMix split folder found (expected <split>/{mix_type}/ for one "
                     f"of {list(splits)}, directly or under Libri{n_src}Mix/wav"
                     f"{sample_rate // 1000}k/min)")
+
+
+def existing_splits(root, splits, mix_type):
+    """(found, absent): `splits` whose `<split>/<mix_type>/` folder exists under `root`, with the
+    smaller training split in place of an absent larger one (SMALLER_SPLIT), and those absent."""
+    def exists(split):
+        return os.path.isdir(os.path.join(root, split, mix_type))
+    found, absent = [], []
+    for split in splits:
+        smaller = SMALLER_SPLIT.get(split)
+        if exists(split):
+            found.append(split)
+        else:
+            absent.append(split)
+            if smaller and smaller not in splits and exists(smaller):
+                found.append(smaller)
+    return found, absent
 
 
 def list_mixtures(root, split, n_src, mix_type):
@@ -209,6 +229,20 @@ class SplitIndex:
         self.paths = paths
         self.mindrecord_files = [os.path.join(split_dir, f) for f in info.get("mindrecord_files", [])]
         self.mindrecord_order = np.asarray(info.get("mindrecord_order", []), np.int64)
+
+
+def training_split(cfg):
+    """(name, note): the split to train on, cfg.train_name or, when that is the larger training
+    split, not given as a flag, and not preprocessed in cfg.data_dir while the smaller one is,
+    the smaller one (SMALLER_SPLIT) with a note saying so (note None otherwise)."""
+    name = cfg.train_name
+    smaller = SMALLER_SPLIT.get(name)
+    if smaller is None or cfg.on_command_line("train_name") or \
+            os.path.isfile(os.path.join(cfg.data_dir, name, INFO_FILE)) or \
+            not os.path.isfile(os.path.join(cfg.data_dir, smaller, INFO_FILE)):
+        return name, None
+    return smaller, (f"train_name: no preprocessed '{name}' in {cfg.data_dir}: training on "
+                     f"'{smaller}' (give --train_name to choose)")
 
 
 def load_split(data_dir, split, n_src, sample_rate):

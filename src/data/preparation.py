@@ -16,9 +16,11 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
+from src.model_utils.config import Config
 from src.model_utils.errors import UserError
-from src.data.librimix import (FORMAT_VERSION, INFO_FILE, check_mixture, find_split_root, list_mixtures,
-                          read_info, read_mixture, stream_names, write_json)
+from src.data.librimix import (FORMAT_VERSION, INFO_FILE, SMALLER_SPLIT, check_mixture,
+                               existing_splits, find_split_root, list_mixtures, read_info,
+                               read_mixture, stream_names, write_json)
 from src.data.mindrecord_io import SplitWriter, read_order
 
 BLOCK = 256  # mixtures handed to the workers at a time (bounds the memory of pass 2)
@@ -80,8 +82,17 @@ def prepare_dataset(cfg, log=print):
     """
     _check_config(cfg)
     formats = ["json"] + (["mindrecord"] if cfg.data_format == "mindrecord" else [])
-    root = find_split_root(cfg.in_dir, cfg.splits, cfg.n_src, cfg.mix_type, cfg.sample_rate,
+    chosen = cfg.on_command_line("splits")
+    search = list(cfg.splits) + ([] if chosen else [SMALLER_SPLIT[s] for s in cfg.splits
+                                                    if s in SMALLER_SPLIT])
+    root = find_split_root(cfg.in_dir, search, cfg.n_src, cfg.mix_type, cfg.sample_rate,
                            allow_other_rate=cfg.resample)
+    if not chosen:
+        # Without --splits, the split folders that were generated: many users have only some.
+        found, absent = existing_splits(root, cfg.splits, cfg.mix_type)
+        log(f"splits found in {root}: {', '.join(found)}"
+            + (f"; absent: {', '.join(absent)}" if absent else "") + " (--splits chooses them)")
+        cfg = Config({**cfg.to_dict(), "splits": found})
     todo = plan_splits(cfg, root, formats)
     done = [s for s in cfg.splits if s not in todo]
     if done:

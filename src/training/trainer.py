@@ -124,7 +124,11 @@ def validation_scorer(net, dataset, cfg, progress=False):
 def train(cfg):
     """Train as configured by `cfg` (train.py). Returns the final TrainState."""
     from src.data.dataset import create_eval_dataset, create_train_dataset
+    from src.data.librimix import training_split
     rank_id, rank_size = init_parallel(cfg)
+    cfg.train_name, note = training_split(cfg)
+    if note:
+        RunLog(rank_id, rank_size)(note)
     train_set = create_train_dataset(cfg, rank_id, rank_size)
     valid_set, _ = create_eval_dataset(cfg, cfg.valid_name, cfg.cv_maxlen)
     net = ConvTasNet(**model_kwargs(cfg))
