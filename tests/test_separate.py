@@ -257,3 +257,42 @@ def test_cli_exit_status_and_one_line_errors(models, tmp_path):
     assert "broken.flac" in errors[0] and "1 of 2 inputs failed" in errors[1]
     info = sf.info(str(tmp_path / "out" / "good_s2.wav"))
     assert info.samplerate == 16000 and info.channels == 1 and info.frames == 8000
+
+
+def test_truncated_and_non_finite_inputs_refused_without_leftovers(models, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "whole.wav", voices(0.5, RATE), RATE)
+    sf.write(folder / "cut.wav", voices(1.0, RATE), RATE)
+    data = (folder / "cut.wav").read_bytes()
+    (folder / "cut.wav").write_bytes(data[:len(data) // 2])       # a copy stopped half-way
+    late_nan = voices(9.0, RATE)
+    late_nan[70000] = np.nan                                       # after the first read block
+    sf.write(folder / "nan.wav", late_nan, RATE, subtype="FLOAT")
+    inf = voices(0.5, RATE)
+    inf[100] = np.inf
+    sf.write(folder / "inf.wav", inf, RATE, subtype="FLOAT")
+    lines = []
+    written, failed = separate(config(models, "gln", folder, tmp_path / "out"), lines.append)
+    assert sorted(os.path.basename(f) for f in failed) == ["cut.wav", "inf.wav", "nan.wav"]
+    errors = sorted(line for line in lines if line.startswith("error:"))
+    assert "cut.wav: truncated audio file" in errors[0]
+    assert "inf.wav: audio holds NaN or infinite samples (the first at sample 100)" in errors[1]
+    assert "nan.wav: audio holds NaN or infinite samples (the first at sample 70000)" in errors[2]
+    assert sorted(os.listdir(tmp_path / "out")) == ["whole_s1.wav", "whole_s2.wav"]
+
+
+def test_leftovers_of_a_killed_run_removed_and_never_inputs(models, tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    sf.write(folder / "talk.wav", voices(0.5, RATE), RATE)
+    (folder / ".tmp-k1j2h3.wav").write_bytes(b"")                 # killed before its header
+    sf.write(folder / ".tmp-x9y8.wav", voices(0.3, RATE), RATE)    # killed before its rename
+    lines = []
+    written, failed = separate(config(models, "gln", folder, folder), lines.append)
+    assert failed == [] and not any(line.startswith("error:") for line in lines), lines
+    assert sorted(os.listdir(folder)) == ["talk.wav", "talk_s1.wav", "talk_s2.wav"]
+    sf.write(folder / ".tmp-given.wav", voices(0.3, RATE), RATE)
+    with pytest.raises(UserError, match=r"\.tmp-given\.wav: a temporary file of an unfinished "
+                                        "write, not an input"):
+        run_separation(config(models, "gln", folder / ".tmp-given.wav", tmp_path / "out"))

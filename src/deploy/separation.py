@@ -13,7 +13,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from src.model_utils.atomic import atomic_output
+from src.data.audio import probe_audio
+from src.model_utils.atomic import TEMPORARY_PREFIX, atomic_output, remove_leftovers
 from src.model_utils.errors import UserError
 from src.deploy.inference import stream_separate
 
@@ -23,16 +24,22 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".
 
 
 def list_inputs(path):
-    """The audio files to separate: `path` itself, or the audio files directly inside a folder."""
+    """The audio files to separate: `path` itself, or the audio files directly inside a folder.
+
+    Temporary files (`.tmp-*`, outputs of a run killed before it renamed them) are never inputs.
+    """
     if os.path.isdir(path):
         files = sorted(os.path.join(path, name) for name in os.listdir(path)
                        if name.lower().endswith(AUDIO_EXTENSIONS)
+                       and not name.startswith(TEMPORARY_PREFIX)
                        and os.path.isfile(os.path.join(path, name)))
         if not files:
             raise UserError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in the folder")
         return files
     if not os.path.exists(path):
         raise UserError(f"{path}: file not found")
+    if os.path.basename(path).startswith(TEMPORARY_PREFIX):
+        raise UserError(f"{path}: a temporary file of an unfinished write, not an input")
     return [path]
 
 
@@ -54,9 +61,19 @@ def _open_input(path):
 
 
 def _mono_blocks(audio, path):
-    """Mono float32 blocks [n] of an open SoundFile (channels averaged)."""
+    """Mono float32 blocks [n] of an open SoundFile (channels averaged).
+
+    A NaN or infinite sample (float files can hold them) raises UserError: it would make every
+    output sample NaN.
+    """
+    start = 0
     try:
         for block in audio.blocks(blocksize=READ_BLOCK, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                first = start + int(np.argmin(np.isfinite(block).all(axis=1)))
+                raise UserError(f"{path}: audio holds NaN or infinite samples (the first at "
+                                f"sample {first})")
+            start += block.shape[0]
             yield block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
     except (RuntimeError, sf.LibsndfileError) as err:
         raise UserError(f"{path}: audio data unreadable ({str(err).splitlines()[0][:120]})") \
@@ -90,9 +107,11 @@ def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, ali
 
     `protected`: absolute paths that must not be written (the inputs of the run).
 
-    Raises UserError naming the file when it cannot be read, is empty, or is shorter than the
-    encoder kernel L at the model's rate.
+    Raises UserError naming the file when it cannot be read, is empty, truncated (the check of
+    preprocess.py, `probe_audio`), holds NaN or inf, or is shorter than the encoder kernel L at
+    the model's rate.
     """
+    probe_audio(path)
     with _open_input(path) as audio:
         rate, frames = audio.samplerate, audio.frames
         if frames <= 0:
@@ -170,6 +189,7 @@ def separate_inputs(model_fn, cfg, chunk_samples, overlap_samples, align, log=pr
     """
     files = list_inputs(cfg.input)
     os.makedirs(cfg.output_dir, exist_ok=True)
+    remove_leftovers(cfg.output_dir)       # of a run killed before it renamed its outputs
     written, failed = [], []
     inputs = [os.path.abspath(f) for f in files]
     for path, stem in zip(files, output_stems(files, cfg.output_dir)):

@@ -11,6 +11,8 @@ import tempfile
 
 import yaml
 
+TEMPORARY_PREFIX = ".tmp-"
+
 
 def _umask():
     mask = os.umask(0o022)
@@ -27,7 +29,7 @@ def atomic_output(path):
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=os.path.splitext(path)[1], dir=directory)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
@@ -46,7 +48,7 @@ def remove_leftovers(directory):
     MindSpore's `save_checkpoint` writes before renaming it to the temporary `.ckpt` name.
     Call it only where no other process is writing into `directory`.
     """
-    for path in glob.glob(os.path.join(glob.escape(directory), ".tmp-*")):
+    for path in glob.glob(os.path.join(glob.escape(directory), TEMPORARY_PREFIX + "*")):
         if os.path.isfile(path):
             os.remove(path)
 

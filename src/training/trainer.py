@@ -155,8 +155,9 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
                         f"device; the training set gives no batch")
     step_cell = make_train_step(net, cfg)
     validation_si_snri = validation_scorer(net, valid_set, cfg, progress=log.show_bar)
+    settings = model_kwargs(cfg)
     if path:
-        state = load_train_checkpoint(step_cell, net, path)
+        state = load_train_checkpoint(step_cell, net, path, settings)
         log(f"resumed from {path}: {state.epoch} epochs and {state.epoch_step} steps done, "
             f"{state.step} steps in all, lr {state.lr:.3g}")
     else:
@@ -171,7 +172,7 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
 
     def save_last():
         if is_main:
-            save_train_checkpoint(step_cell, last_path(out_dir), state)
+            save_train_checkpoint(step_cell, last_path(out_dir), state, settings)
 
     batches = None
     while state.epoch < cfg.epochs:
@@ -203,10 +204,11 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
         if is_main:
             save_last()
             if cfg.keep_checkpoint_max > 0:
-                save_train_checkpoint(step_cell, epoch_path(out_dir, state.epoch), state)
+                save_train_checkpoint(step_cell, epoch_path(out_dir, state.epoch), state,
+                                      settings)
                 prune_epoch_checkpoints(out_dir, cfg.keep_checkpoint_max)
             if improved:
-                save_train_checkpoint(step_cell, best_path(out_dir), state)
+                save_train_checkpoint(step_cell, best_path(out_dir), state, settings)
             write_curves(state.history, out_dir)
     # Equal on every rank of a data-parallel run: the ranks' logs can be compared.
     log(f"finished after {state.epoch} epochs; parameters sha1 {parameters_digest(net)}")
