@@ -14,9 +14,9 @@ import os
 import shutil
 
 import numpy as np
-from tqdm import tqdm
 
 from src.model_utils.errors import UserError
+from src.model_utils.progress import progress_bar
 from src.data.layouts import find_split_root, list_mixtures, source_settings
 from src.data.librimix import (FORMAT_VERSION, INFO_FILE, check_mixture, read_info, read_mixture,
                                stream_names, write_json)
@@ -116,7 +116,7 @@ def prepare_dataset(cfg, log=print):
 
 def _imap(pool, tasks, desc):
     """Results of `_guarded(task)` in task order, BLOCK tasks at a time, with a progress bar."""
-    bar = tqdm(total=len(tasks), desc=desc, unit="mix", leave=False)
+    bar = progress_bar(total=len(tasks), desc=desc, unit="mix")
     try:
         for start in range(0, len(tasks), BLOCK):
             block = tasks[start:start + BLOCK]
