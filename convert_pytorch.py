@@ -8,6 +8,7 @@ torchaudio's ConvTasNet state_dict (sizes from the tensor shapes; X, and for Ast
 activation, from --X, --mask_nonlinear ... as they are not recorded). The file is read without
 running code from it, and torch is not needed. Writes <dst> and <dst without .ckpt>.yaml.
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model.convert import convert, MODEL_KEYS
 from src.model_utils.errors import UserError, run_main
 from src.model_utils.config import load_config

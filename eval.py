@@ -7,6 +7,7 @@ Writes per-utterance scores (eval_results.csv) and their means (eval_summary.jso
 <output_dir>/eval_<test_name>/, and the separated sources of N utterances to its wav/ folder.
 A run that is stopped resumes where it was on the next call with the same settings.
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 

@@ -6,6 +6,7 @@
 --input_length=0 exports a dynamic time axis (any length); a number of samples fixes it. A MINDIR
 is loaded back and checked against the network's own output.
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 

@@ -6,6 +6,7 @@ Reads <infer_dir>/preprocess_Result and <infer_dir>/result_Files, stitches the c
 utterance, writes eval_results.csv and eval_summary.json to <infer_dir> and prints
 "Average SISNR improvement: X".
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 import os
 
 from src.model_utils.errors import run_main

@@ -3,6 +3,7 @@ training and evaluation read. Output layout: see src/data/librimix.py.
 
     python preprocess.py --in_dir=/data/LibriMix --out_dir=./data [--splits=[train-360,dev,test]]
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 from src.data.preparation import prepare_dataset

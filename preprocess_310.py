@@ -6,6 +6,7 @@
 The MINDIR's input shape decides the layout: whole utterances for a dynamic time axis, chunks
 zero-padded to its length for a fixed one. Output: <infer_dir>/preprocess_Result/.
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 import os
 
 from src.model_utils.errors import UserError, run_main

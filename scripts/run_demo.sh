@@ -105,16 +105,18 @@ step "4. evaluate" run_eval
 step "5. export + 310 pipeline (CPU)" run_export_and_infer
 step "6. separate" run_separate
 
-python - "$EVAL/eval_test/eval_summary.json" "$INFER/acc.log" <<'EOF' > "$DEMO_DIR/summary.txt"
+# The summary is built in full, then written once and shown once (appending to the file while
+# reading it showed its heading twice).
+SCORES=$(python - "$EVAL/eval_test/eval_summary.json" "$INFER/acc.log" <<'EOF'
 import json, sys
 from src.evaluation.evaluate import summary_line
 print("eval.py on the test split: " + summary_line(json.load(open(sys.argv[1]))))
 print("310 pipeline (CPU): " + open(sys.argv[2]).read().strip().splitlines()[-1])
 EOF
+)
 {
-    echo
     echo "=== demo summary"
-    cat "$DEMO_DIR/summary.txt"
+    echo "$SCORES"
     echo "outputs:"
     echo "  demo LibriMix      $LIBRIMIX"
     echo "  JSON + MindRecord  $DATA"
@@ -127,4 +129,7 @@ EOF
     for i in "${!STEP_NAMES[@]}"; do
         printf '  %-34s %4d s\n' "${STEP_NAMES[$i]}" "${STEP_SECONDS[$i]}"
     done
-} | tee -a "$DEMO_DIR/summary.txt"
+} > "$DEMO_DIR/.summary.txt.tmp"
+mv "$DEMO_DIR/.summary.txt.tmp" "$DEMO_DIR/summary.txt"
+echo
+cat "$DEMO_DIR/summary.txt"

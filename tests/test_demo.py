@@ -38,6 +38,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert sf.info(str(estimate)).frames == sf.info(str(mixture)).frames
     for step in ("1. demo LibriMix", "2. preprocess", "3. train", "4. evaluate", "6. separate"):
         assert re.search(re.escape(step) + r"\s+\d+ s", summary), step
+    # one summary, and a log a file can hold: progress as lines, no bar redrawn with "\r"
+    assert summary.count("=== demo summary") == result.stdout.count("=== demo summary") == 1
+    logs = [demo / "train" / "train.log"] + sorted((demo / "infer").glob("*.log"))
+    for text in [result.stdout + result.stderr] + [p.read_text() for p in logs]:
+        assert "\r" not in text
 
     # A second run reuses the finished data, preprocessing and training.
     again = run_demo(demo)

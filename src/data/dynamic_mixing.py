@@ -37,6 +37,7 @@ import mindspore.dataset as ds
 
 from src.data.audio import read_audio, resample_audio
 from src.model_utils.errors import UserError
+from src.data.layouts import has_noise
 from src.data.librimix import load_split
 
 PEAK = 0.9            # everything is scaled to this peak when a signal would reach 1.0
@@ -186,7 +187,7 @@ def mixing_settings(cfg):
     return {"segment": int(round(cfg.segment * cfg.sample_rate)), "n_src": cfg.n_src,
             "sample_rate": cfg.sample_rate, "speed_perturb": [float(f) for f in factors],
             "gain_db": _range(cfg, "gain_db"), "noise_snr_db": _range(cfg, "noise_snr_db"),
-            "noise": cfg.mix_type != "mix_clean", "seed": cfg.seed}
+            "noise": has_noise(cfg.mix_type), "seed": cfg.seed}
 
 
 class DynamicMixer:

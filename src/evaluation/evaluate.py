@@ -18,6 +18,7 @@ import numpy as np
 from src.model_utils.atomic import write_json, write_text
 from src.data.audio import write_audio
 from src.model_utils.errors import UserError
+from src.model_utils.progress import progress_bar
 from src.deploy.inference import dynamic_model_function, separate_in_chunks
 from src.evaluation.metrics import EPS, si_snri
 
@@ -101,7 +102,7 @@ def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
         with_sdr: also compute SDR and SDRi (BSS Eval v3; slower than SI-SNR).
         chunk_samples, overlap_samples, align: utterances longer than chunk_samples (> 0) are
             separated in overlapping chunks (src.deploy.inference.separate_in_chunks).
-        progress: show a tqdm progress bar.
+        progress: show progress (src.model_utils.progress: a bar on a terminal, lines in a file).
         on_utterance: called as on_utterance(index, id, mixture [T], estimates [C, T]) with the
             estimates in the references' order.
         done: {id: row} of utterances scored before (a resumed run): taken as they are.
@@ -127,8 +128,7 @@ def _evaluate(model_fn, dataset, ids, n_src, with_sdr, chunk_samples, overlap_sa
     total = len(ids) if ids is not None else None
     utterances = iterate_utterances(dataset, ids)
     if progress:
-        from tqdm import tqdm
-        utterances = tqdm(utterances, total=total, desc="evaluating", unit="utt")
+        utterances = progress_bar(utterances, total=total, desc="evaluating", unit="utt")
     rows = []
     for index, (utt_id, mixture, references) in enumerate(utterances):
         if done and utt_id in done:

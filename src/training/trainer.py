@@ -19,12 +19,12 @@ import os
 import sys
 import time
 
-from tqdm import tqdm
 
 from src.model.conv_tasnet import ConvTasNet, model_kwargs
 from src.training.curves import CSV_NAME, JSON_NAME, PNG_NAME, write_curves
 from src.model_utils.atomic import remove_leftovers, write_yaml
 from src.model_utils.errors import UserError
+from src.model_utils.progress import is_terminal, progress_bar
 from src.evaluation.evaluate import evaluate
 from src.deploy.inference import dynamic_model_function
 from src.training.train_state import (PREFIX, TrainState, best_path, end_of_epoch, epoch_path,
@@ -41,7 +41,7 @@ class RunLog:
     def __init__(self, rank_id=0, rank_size=1):
         self.prefix = f"[rank {rank_id}] " if rank_size > 1 else ""
         self.bar = None
-        self.show_bar = rank_id == 0 and sys.stdout.isatty()
+        self.show_bar = rank_id == 0 and is_terminal(sys.stdout)
         self.compiled = False  # the first step of a process includes the graph compilation
 
     def __call__(self, message):
@@ -53,8 +53,8 @@ class RunLog:
 
     def open_bar(self, epoch, total, initial):
         if self.show_bar:
-            self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}", leave=False,
-                            dynamic_ncols=True, file=sys.stdout)
+            self.bar = progress_bar(total=total, initial=initial, desc=f"epoch {epoch}",
+                                    file=sys.stdout)
 
     def advance(self, loss):
         if self.bar is not None:
