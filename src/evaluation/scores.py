@@ -14,6 +14,8 @@
 Every function takes estimates [C, T] already in the order of references [C, T] (except
 `bss_eval`, which finds its own order) and returns means over the C sources.
 """
+import warnings
+
 import numpy as np
 
 from src.model_utils.errors import UserError
@@ -56,11 +58,19 @@ def bss_eval(references, estimates, compute_permutation=True):
 
 
 def stoi_score(references, estimates, sample_rate, extended=False):
-    """Mean (E)STOI of estimates [C, T] against references [C, T] in the same order."""
+    """Mean (E)STOI of estimates [C, T] against references [C, T] in the same order.
+
+    None when a reference has too little speech for one 384-ms STOI segment after its silent
+    frames are removed: pystoi then warns and returns 1e-5, which would drag the mean down.
+    """
     from pystoi import stoi
-    return float(np.mean([stoi(np.asarray(r, np.float64), np.asarray(e, np.float64),
-                               sample_rate, extended=extended)
-                          for r, e in zip(references, estimates)]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = [stoi(np.asarray(r, np.float64), np.asarray(e, np.float64), sample_rate,
+                       extended=extended) for r, e in zip(references, estimates)]
+    if any("Not enough STFT frames" in str(w.message) for w in caught):
+        return None
+    return float(np.mean(values))
 
 
 def pesq_score(references, estimates, sample_rate):
