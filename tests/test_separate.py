@@ -19,6 +19,8 @@ from src.deploy.separation import chunking, run_separation, separate_inputs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(N=8, L=16, B=4, H=8, Sc=4, P=3, X=1, R=1)
 RATE = 8000
+# the network's own output, so that it can be compared with the network run here
+RAW = ("--output_scale=raw", "--output_format=float32")
 
 
 def make_model(directory, name, **settings):
@@ -79,7 +81,7 @@ def test_rates_channels_formats(models, tmp_path, rate, channels, fmt, subtype, 
     path = tmp_path / f"talk.{ext}"
     sf.write(path, voices(1.5, rate, channels), rate, format=fmt, subtype=subtype)
     before = path.read_bytes()
-    written, failed = separate(config(models, "gln", path, tmp_path / "out"))
+    written, failed = separate(config(models, "gln", path, tmp_path / "out", *RAW))
     assert failed == [] and [os.path.basename(w) for w in written] == ["talk_s1.wav", "talk_s2.wav"]
     assert path.read_bytes() == before                       # the input is untouched
     # Reference: the decoded file downmixed, resampled to the model's rate, separated whole,
@@ -132,7 +134,7 @@ def test_long_file_bounded_memory_and_equal_to_whole_away_from_borders(models, t
     peaks = {}
     for minutes in (1, 4):
         cfg = config(models, "bn", tmp_path / f"long{minutes}.wav", tmp_path / "out",
-                     "--separate_chunk_seconds=10", "--chunk_overlap=1")
+                     "--separate_chunk_seconds=10", "--chunk_overlap=1", *RAW)
         model_fn = load_model(cfg, cfg.model_path)
         tracemalloc.start()
         try:
@@ -170,7 +172,7 @@ def test_mindir_model(models, tmp_path, input_length):
     sf.write(tmp_path / "a.wav", voices(1.0, RATE), RATE, subtype="FLOAT")
     cfg = load_config([f"--config_path={directory}/bn.yaml", f"--model_path={tmp_path}/bn.mindir",
                        f"--input={tmp_path}/a.wav", f"--output_dir={tmp_path}/out",
-                       f"--input_length={input_length}", "--chunk_overlap=0.05"])
+                       f"--input_length={input_length}", "--chunk_overlap=0.05", *RAW])
     run_separation(cfg, log=lambda line: None)
     whole = run_net(nets["bn"], sf.read(tmp_path / "a.wav", dtype="float32")[0])
     out = np.stack([sf.read(tmp_path / "out" / f"a_s{c}.wav", dtype="float32")[0] for c in (1, 2)])

@@ -168,17 +168,19 @@ def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print):
     log(f"inferred {len(files)} inputs, average {average:.3f} ms per input")
 
 
-def postprocess(prep_dir, result_dir):
+def postprocess(prep_dir, result_dir, on_utterance=None):
     """Stitch the results of every utterance and score them against the references.
 
+    on_utterance: called as on_utterance(index, id, mixture [T], estimates [C, T]) with the
+    estimates in the references' order (src.evaluation.evaluate.wav_writer saves them).
     Returns (rows, summary) as src.evaluation.evaluate.evaluate does (SI-SNR and SI-SNRi; no SDR).
     """
-    from src.evaluation.evaluate import score_utterance, summarize
+    from src.evaluation.evaluate import make_row, score_utterance, summarize
 
     manifest = read_manifest(prep_dir)
     n_src, fixed = manifest["n_src"], manifest["fixed_length"]
     rows = []
-    for entry in manifest["utterances"]:
+    for index, entry in enumerate(manifest["utterances"]):
         length = entry["length"]
         mixture = np.fromfile(os.path.join(prep_dir, entry["mixture"]), np.float32)
         references = np.fromfile(os.path.join(prep_dir, entry["labels"]), np.float32)
@@ -194,9 +196,10 @@ def postprocess(prep_dir, result_dir):
 
         estimates = run_chunked(replay, mixture, manifest["chunk_samples"],
                                 manifest["overlap_samples"], manifest["align"], fixed)
-        scores, _ = score_utterance(estimates, references, mixture, with_sdr=False)
-        rows.append({"id": entry["id"], "length": length, "si_snr": scores["si_snr"],
-                     "si_snri": scores["si_snri"], "sdr": None, "sdri": None})
+        scores, reordered = score_utterance(estimates, references, mixture, with_sdr=False)
+        rows.append(make_row(entry["id"], length, scores))
+        if on_utterance is not None:
+            on_utterance(index, entry["id"], mixture, reordered)
     return rows, summarize(rows)
 
 

@@ -2,12 +2,17 @@
 
 A file is streamed: blocks are read with soundfile, downmixed to mono, resampled to the model's
 rate with a streaming soxr resampler, separated chunk by chunk (src.deploy.inference.stream_separate),
-resampled back to the file's rate and appended to `<name>_s1.wav` ... `<name>_sC.wav` (32-bit
-float WAV, so loud estimates are not clipped). Memory therefore depends on the chunk length, not on
-the length of the file. Outputs are written under temporary names and renamed when complete.
+resampled back to the file's rate and appended to temporary raw float32 files. The estimates are
+then brought to the level of the (downmixed) input, whose blocks are kept until their estimates
+come out, with the gains of src/deploy/output_level.py (statistics gathered during the stream),
+and written as `<name>_s1.wav` ... `<name>_sC.wav` in cfg.output_format. Memory therefore depends
+on the chunk length, not on the length of the file. Outputs are written under temporary names and
+renamed when complete.
 """
+import collections
 import contextlib
 import os
+import tempfile
 
 import numpy as np
 import soundfile as sf
@@ -17,6 +22,7 @@ from src.data.audio import probe_audio
 from src.model_utils.atomic import TEMPORARY_PREFIX, atomic_output, remove_leftovers
 from src.model_utils.errors import UserError
 from src.deploy.inference import stream_separate
+from src.deploy.output_level import LevelMatcher, check_output_settings, output_subtype
 
 READ_BLOCK = 1 << 16          # frames read from the input at a time
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
@@ -126,27 +132,75 @@ def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, ali
         if clash:
             raise UserError(f"{path}: its output {clash[0]} would overwrite an input; "
                             "choose another --output_dir")
-        mixture = _resampled(_mono_blocks(audio, path), rate, cfg.sample_rate)
+        tap = _MixtureTap(_mono_blocks(audio, path))
+        mixture = _resampled(tap, rate, cfg.sample_rate)
         fixed_length = getattr(model_fn, "max_samples", None) is not None
         estimates = stream_separate(model_fn, mixture, chunk_samples, overlap_samples, align,
                                     join_tail=not fixed_length)
         estimates = _resampled(estimates, cfg.sample_rate, rate, channels=cfg.n_src)
         with contextlib.ExitStack() as stack:
-            sinks = []
-            for output in outputs:
-                sinks.append(sf.SoundFile(stack.enter_context(atomic_output(output)), "w",
-                                          samplerate=rate, channels=1, format="WAV",
-                                          subtype="FLOAT"))
-                stack.callback(sinks[-1].close)      # closed before its file is renamed
+            raw = [stack.enter_context(_scratch_file(os.path.dirname(os.path.abspath(o))))
+                   for o in outputs]
+            level = LevelMatcher(cfg.n_src)
             written = 0
             for block in estimates:
                 block = block[:, :frames - written]     # resampling may round one sample over
-                for sink, source in zip(sinks, block):
-                    sink.write(source)
+                level.update(tap.take(block.shape[1]), block)
+                for scratch, source in zip(raw, block):
+                    scratch.write(np.ascontiguousarray(source, np.float32).tobytes())
                 written += block.shape[1]
-            for sink in sinks:                           # ... or one under
-                sink.write(np.zeros(frames - written, np.float32))
+            for scratch in raw:                          # ... or one under
+                scratch.write(np.zeros(frames - written, np.float32).tobytes())
+            gains = level.gains() if cfg.output_scale == "mixture" else np.ones(cfg.n_src)
+            for output, scratch, gain in zip(outputs, raw, gains):
+                _write_scaled(scratch, output, gain, rate, output_subtype(cfg))
     return outputs
+
+
+class _MixtureTap:
+    """Passes mixture blocks [n] through and keeps them until take() consumes them in order."""
+
+    def __init__(self, blocks):
+        self.blocks, self.kept, self.offset = blocks, collections.deque(), 0
+
+    def __iter__(self):
+        for block in self.blocks:
+            self.kept.append(block)
+            yield block
+
+    def take(self, n):
+        """The next n samples passed through (zeros beyond the end) -> [n]."""
+        parts, need = [], n
+        while need > 0 and self.kept:
+            block = self.kept[0][self.offset:self.offset + need]
+            parts.append(block)
+            need -= len(block)
+            self.offset += len(block)
+            if self.offset >= len(self.kept[0]):
+                self.kept.popleft()
+                self.offset = 0
+        parts.append(np.zeros(need, np.float32))
+        return np.concatenate(parts)
+
+
+@contextlib.contextmanager
+def _scratch_file(directory):
+    """A temporary binary file in `directory`, removed on closing (unnamed where Linux allows)."""
+    with tempfile.TemporaryFile(prefix=".tmp-", dir=directory) as f:
+        yield f
+
+
+def _write_scaled(scratch, output, gain, rate, subtype):
+    """The raw float32 samples of `scratch` times `gain` as the WAV `output`, atomically."""
+    scratch.seek(0)
+    with atomic_output(output) as tmp:
+        with sf.SoundFile(tmp, "w", samplerate=rate, channels=1, format="WAV",
+                          subtype=subtype) as sink:
+            while True:
+                data = scratch.read(4 * READ_BLOCK)
+                if not data:
+                    break
+                sink.write(np.frombuffer(data, np.float32) * np.float32(gain))
 
 
 def plot_separation(path, outputs, png):
@@ -231,6 +285,7 @@ def run_separation(cfg, log=print):
     for key in ("model_path", "input"):
         if not getattr(cfg, key):
             raise UserError(f"{key}: expected a path (--{key}=...)")
+    check_output_settings(cfg)
     files = list_inputs(cfg.input)
     chunk, overlap, align = chunking(cfg)
     model_fn = load_model(cfg, cfg.model_path)
