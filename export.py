@@ -4,7 +4,8 @@
         [--file_name=conv_tasnet] [--file_format=MINDIR] [--input_length=0]
 
 --input_length=0 exports a dynamic time axis (any length); a number of samples fixes it. A MINDIR
-is loaded back and checked against the network's own output.
+is loaded back and checked against the network's own output; an ONNX model is checked by
+onnx.checker and run by onnxruntime against the network (src/deploy/onnx_export.py).
 """
 import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main
@@ -19,6 +20,10 @@ def main():
 
     init_device(cfg)
     net = load_network(cfg)
+    if cfg.file_format == "ONNX":
+        from src.deploy.onnx_export import run_onnx_export
+        run_onnx_export(cfg, net)
+        return
     path = export_network(net, cfg.file_name, cfg.file_format, cfg.input_length,
                           cfg.device_target)
     shape = "[1, T] for any T" if cfg.input_length == 0 else f"[1, {cfg.input_length}]"

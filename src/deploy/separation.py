@@ -11,12 +11,13 @@ renamed when complete.
 """
 import collections
 import contextlib
+import copy
+import importlib.util
 import os
 import tempfile
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 from src.data.audio import probe_audio
 from src.model_utils.atomic import TEMPORARY_PREFIX, atomic_output, remove_leftovers
@@ -91,6 +92,7 @@ def _resampled(blocks, in_rate, out_rate, channels=1):
     if in_rate == out_rate:
         yield from blocks
         return
+    import soxr      # only here: separating at the model's rate needs no soxr
     stream = soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32", quality="HQ")
     pending = None   # one block of look-ahead, so that the last one is flushed with last=True
     for block in blocks:
@@ -126,6 +128,9 @@ def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, ali
         if model_frames < cfg.L:
             raise UserError(f"{path}: {frames} samples at {rate} Hz is shorter than the model's "
                             f"encoder kernel (L={cfg.L} samples at {cfg.sample_rate} Hz)")
+        if rate != cfg.sample_rate and importlib.util.find_spec("soxr") is None:
+            raise UserError(f"{path}: resampling from {rate} to the model's {cfg.sample_rate} Hz "
+                            "needs the soxr package (pip install soxr)")
         outputs = [f"{stem}_s{c + 1}.wav" for c in range(cfg.n_src)]
         protected = set(protected) | {os.path.abspath(path)}
         clash = [o for o in outputs if os.path.abspath(o) in protected]
@@ -261,11 +266,13 @@ def separate_inputs(model_fn, cfg, chunk_samples, overlap_samples, align, log=pr
     return written, failed
 
 
-def chunking(cfg):
+def chunking(cfg, model_fn=None):
     """(chunk, overlap, align) in samples at the model's rate, from the configuration."""
     chunk = int(round(cfg.separate_chunk_seconds * cfg.sample_rate))
     if cfg.model_path.lower().endswith(".mindir") and cfg.input_length > 0:
         chunk = cfg.input_length            # a fixed-length MINDIR takes exactly this much
+    if getattr(model_fn, "max_samples", None):
+        chunk = model_fn.max_samples        # so does a fixed-length ONNX model
     overlap = int(round(cfg.chunk_overlap * cfg.sample_rate))
     if 0 < chunk < 2 * cfg.L:
         raise UserError(f"separate_chunk_seconds: {cfg.separate_chunk_seconds} s is shorter than "
@@ -274,6 +281,18 @@ def chunking(cfg):
         raise UserError(f"chunk_overlap: expected seconds >= 0 and shorter than a chunk "
                         f"({chunk} samples), got {cfg.chunk_overlap}")
     return chunk, overlap, cfg.L // 2
+
+
+def with_model_settings(cfg, model_fn):
+    """`cfg` with the sample rate, C and L that an ONNX model carries (its `settings`), which
+    override the configuration's: the file knows what it was trained for."""
+    settings = getattr(model_fn, "settings", None)
+    if not settings:
+        return cfg
+    cfg = copy.copy(cfg)
+    for key in ("sample_rate", "n_src", "L"):
+        setattr(cfg, key, settings[key])
+    return cfg
 
 
 def run_separation(cfg, log=print):
@@ -287,8 +306,9 @@ def run_separation(cfg, log=print):
             raise UserError(f"{key}: expected a path (--{key}=...)")
     check_output_settings(cfg)
     files = list_inputs(cfg.input)
-    chunk, overlap, align = chunking(cfg)
     model_fn = load_model(cfg, cfg.model_path)
+    cfg = with_model_settings(cfg, model_fn)
+    chunk, overlap, align = chunking(cfg, model_fn)
     written, failed = separate_inputs(model_fn, cfg, chunk, overlap, align, log)
     if failed:
         raise UserError(f"{len(failed)} of {len(files)} inputs failed: "

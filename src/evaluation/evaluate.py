@@ -287,7 +287,7 @@ def wav_writer(directory, count, sample_rate, output_scale="mixture", subtype="P
 
 
 def run_evaluation(cfg, log=print):
-    """eval.py: score cfg.ckpt_file on the split cfg.test_name of cfg.data_dir.
+    """eval.py: score cfg.ckpt_file (a checkpoint, or an .onnx model) on the split cfg.test_name of cfg.data_dir.
 
     Writes eval_results.csv, eval_summary.json (and with save_wav, wav/) into
     <output_dir>/eval_<test_name>/. Returns (rows, summary).
@@ -305,7 +305,13 @@ def run_evaluation(cfg, log=print):
     if cfg.chunk_seconds < 0 or cfg.chunk_overlap < 0:
         raise UserError("chunk_seconds, chunk_overlap: expected seconds >= 0")
     init_device(cfg)
-    net = load_network(cfg)
+    if cfg.ckpt_file.lower().endswith(".onnx"):
+        # An exported ONNX model, run by onnxruntime with the same chunking and scoring.
+        from src.deploy.onnx_runtime import check_settings, load_onnx
+        net = load_onnx(cfg.ckpt_file)
+        check_settings(net.settings, cfg, cfg.ckpt_file)
+    else:
+        net = load_network(cfg)
     dataset, ids = create_eval_dataset(cfg, cfg.test_name)
     eval_dir = os.path.join(cfg.output_dir, f"eval_{cfg.test_name}")
     chunk = int(round(cfg.chunk_seconds * cfg.sample_rate))
@@ -319,7 +325,7 @@ def run_evaluation(cfg, log=print):
     if journal.done:
         log(f"resuming: {len(journal.done)} of {len(ids)} utterances already scored")
     rows, summary = evaluate(net, dataset, ids, cfg.n_src, cfg.eval_sdr, chunk, overlap,
-                             align=net.stride, progress=True, done=journal.done,
+                             align=cfg.L // 2, progress=True, done=journal.done,
                              on_utterance=wav_writer(os.path.join(eval_dir, "wav"),
                                                      cfg.save_wav, cfg.sample_rate,
                                                      cfg.output_scale, output_subtype(cfg)),

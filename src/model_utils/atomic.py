@@ -9,10 +9,7 @@ import json
 import os
 import tempfile
 
-import yaml
-
 TEMPORARY_PREFIX = ".tmp-"
-
 
 def _umask():
     mask = os.umask(0o022)
@@ -67,4 +64,6 @@ def write_json(path, obj):
 
 def write_yaml(path, mapping):
     """Write a mapping as YAML (safe_dump, keys in the given order) atomically."""
+    # Imported here: separating with an ONNX model needs no YAML (src/deploy/onnx_runtime.py).
+    import yaml
     write_text(path, yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True))
