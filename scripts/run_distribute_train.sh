@@ -41,11 +41,11 @@ if [ ! -f "$CONFIG_PATH" ]; then fail "CONFIG_PATH: $CONFIG_PATH: config file no
 CONFIG_PATH=$(realpath -- "$CONFIG_PATH")
 source "$ROOT/scripts/train_common.sh"
 resolve_dirs "$CONFIG_PATH" "$@"
-require_data_dir
 if [ -n "$RANK_TABLE" ] && [ "$DEVICE_TARGET" != "Ascend" ]; then
     fail "RANK_TABLE_FILE: an HCCL rank table is for Ascend, device_target is $DEVICE_TARGET" \
          "(give \"\" to launch with msrun)"
 fi
+require_data_dir
 # Absolute paths: with a rank table every process runs in its own folder.
 ARGS=(--config_path="$CONFIG_PATH" "$@" --output_dir="$OUTPUT_DIR" --data_dir="$DATA_DIR"
       --distribute=true)
