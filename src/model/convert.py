@@ -58,27 +58,24 @@ MAX_TENSOR_ELEMENTS = 10 ** 8
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
     """torch._utils._rebuild_tensor_v2 on a numpy storage: a copy of the strided view.
 
-    Refused before anything is allocated: a view of more elements than its storage holds from
-    `offset` (an expanded or overlapping view, e.g. torch.zeros(1).expand(10**10): a weight file
-    never holds one, and copying it could take any amount of memory), and a tensor of more than
-    MAX_TENSOR_ELEMENTS elements.
+    A view of more elements than its storage holds from `offset` (an expanded or overlapping
+    view, e.g. torch.zeros(1).expand(10**10): a weight file never holds one, and its copy could
+    take any amount of memory) is refused before anything is allocated. Storages hold at most
+    MAX_TENSOR_ELEMENTS (`_RestrictedUnpickler.persistent_load`), and so does every tensor.
     """
     size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
     if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
         raise ValueError(f"malformed tensor (size {size}, stride {stride}, offset {offset})")
     if 0 in size:
         return np.zeros(size, storage.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= len(storage):
+        raise ValueError(f"tensor of size {size} reaches past its storage of {len(storage)}")
     elements = int(np.prod(size, dtype=object))
     if elements > len(storage) - offset:
         raise _TensorRefused(f"a tensor of size {size} has {elements} elements but its storage "
                              f"holds {len(storage) - offset} (an expanded or overlapping view, "
                              "which a weight file does not hold)")
-    if elements > MAX_TENSOR_ELEMENTS:
-        raise _TensorRefused(f"a tensor of size {size} has {elements} elements, more than a "
-                             f"Conv-TasNet holds (at most {MAX_TENSOR_ELEMENTS})")
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= len(storage):
-        raise ValueError(f"tensor of size {size} reaches past its storage of {len(storage)}")
     view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                            strides=[s * storage.itemsize for s in stride])
     return np.array(view)

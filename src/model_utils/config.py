@@ -170,7 +170,7 @@ def load_config(argv=None, description=None):
         if given is not values[key]:
             values[key] = check_value(key, given, defaults[key], choices.get(key))
     # Parsed again with every default unset: the keys that are still set came from argv.
-    parser.set_defaults(**dict.fromkeys(values, _UNSET))
+    parser.set_defaults(**dict.fromkeys([*values, "config_path"], _UNSET))
     command_line = {k for k, v in vars(parser.parse_args(argv)).items() if v is not _UNSET}
     for key, condition in ranges.items():
         source = "command line" if key in command_line else \
