@@ -38,7 +38,8 @@ def main():
     settings = model_fn.settings
     cfg = types.SimpleNamespace(
         model_path=args.model, input=args.input, output_dir=args.output_dir, plot=False,
-        input_length=0, sample_rate=settings["sample_rate"], n_src=settings["n_src"],
+        input_length=0, output_scale="mixture", output_format="pcm16",
+        sample_rate=settings["sample_rate"], n_src=settings["n_src"],
         L=settings["L"], chunk_overlap=settings["chunk_overlap"] if args.overlap_seconds is None
         else args.overlap_seconds,
         separate_chunk_seconds=settings["separate_chunk_seconds"] if args.chunk_seconds is None

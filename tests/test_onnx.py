@@ -165,9 +165,11 @@ def test_export_cli_prints_the_check(exported):
     assert os.listdir(os.path.dirname(path)) == ["tasnet.onnx"]
 
 
-def separate_with(trained, model_path, output_dir):
+def separate_with(trained, model_path, output_dir, raw=True):
+    """Separate with separate.py's code; raw: the network's own float output (no level matching)."""
+    level = ["--output_scale=raw", "--output_format=float32"] if raw else []
     cfg = load_config([f"--config_path={trained}/config.yaml", f"--model_path={model_path}",
-                       f"--input={trained}", f"--output_dir={output_dir}"])
+                       f"--input={trained}", f"--output_dir={output_dir}", *level])
     return sorted(os.path.basename(p) for p in run_separation(cfg, log=lambda line: None))
 
 
@@ -197,7 +199,7 @@ assert not any(m.startswith(("mindspore", "yaml", "scipy")) for m in sys.modules
 
 def test_separation_needs_no_mindspore(trained, exported, tmp_path):
     reference = tmp_path / "reference"
-    separate_with(trained, exported[0], reference)
+    separate_with(trained, exported[0], reference, raw=False)
     result = subprocess.run([sys.executable, "-c", WITHOUT_MINDSPORE, exported[0],
                              str(trained / "mix.wav"), f"--output_dir={tmp_path / 'light'}"],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
