@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from src.data.audio import probe_audio
+from src.data.audio import audio_writing, probe_audio
 from src.model_utils.atomic import TEMPORARY_PREFIX, atomic_output, remove_leftovers
 from src.model_utils.errors import UserError
 from src.deploy.inference import stream_separate
@@ -134,10 +134,13 @@ def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, ali
         with contextlib.ExitStack() as stack:
             sinks = []
             for output in outputs:
-                sinks.append(sf.SoundFile(stack.enter_context(atomic_output(output)), "w",
-                                          samplerate=rate, channels=1, format="WAV",
-                                          subtype="FLOAT"))
+                tmp = stack.enter_context(atomic_output(output))
+                with audio_writing(output):
+                    sinks.append(sf.SoundFile(tmp, "w", samplerate=rate, channels=1,
+                                              format="WAV", subtype="FLOAT"))
                 stack.callback(sinks[-1].close)      # closed before its file is renamed
+            # entered last: a failed write is named before the temporary files go
+            stack.enter_context(audio_writing(os.path.dirname(outputs[0]) or "."))
             written = 0
             for block in estimates:
                 block = block[:, :frames - written]     # resampling may round one sample over
