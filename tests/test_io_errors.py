@@ -199,3 +199,85 @@ def test_train(run, bad_location, monkeypatch, capsys):
     status = run_script(monkeypatch, "train", *flags(data_dir=run[1], output_dir=folder,
                                                      epochs=1))
     assert_refused(status, error_line(capsys), kind, folder)
+
+
+def copy_run(run, destination):
+    """A copy of the run's LibriMix and data folder whose lists name the copied WAVs."""
+    root = str(run[0])
+    for name in ("librimix", "data"):
+        shutil.copytree(os.path.join(root, name), os.path.join(destination, name))
+    for path in glob.glob(os.path.join(destination, "data", "*", "*.json")):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text.replace(root + os.sep, str(destination) + os.sep))
+    return os.path.join(destination, "data")
+
+
+def damage(data_dir, split, how):
+    """Change split's data after preprocessing; returns the file damaged."""
+    if how == "truncated mindrecord":
+        path = os.path.join(data_dir, split, f"{split}.mindrecord")
+        os.truncate(path, os.path.getsize(path) // 2)
+        return path
+    with open(os.path.join(data_dir, split, "s2.json"), encoding="utf-8") as f:
+        path = json.load(f)[0][0]
+    if how == "deleted wav":
+        os.remove(path)
+    else:
+        with open(path, "r+b") as f:
+            f.write(b"\0not a RIFF header any more")
+    return path
+
+
+DAMAGES = [("deleted wav", "json", "file not found"),
+           ("corrupted wav", "json", "not readable audio"),
+           ("truncated mindrecord", "mindrecord", "MindRecord data unreadable")]
+
+
+@pytest.mark.parametrize("how,data_format,cause", DAMAGES)
+def test_eval_data_changed_after_preprocessing(run, tmp_path, monkeypatch, capsys, how,
+                                               data_format, cause):
+    _, _, config, ckpt = run
+    data_dir = copy_run(run, tmp_path / "copy")
+    damaged = damage(data_dir, "test", how)
+    status = run_script(monkeypatch, "eval", f"--config_path={config}", f"--ckpt_file={ckpt}",
+                        f"--data_dir={data_dir}", f"--data_format={data_format}",
+                        f"--output_dir={tmp_path}/out", "--save_wav=1")
+    line = error_line(capsys)
+    assert status == 2 and damaged in line and cause in line, line
+    assert leftovers(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("how,data_format,cause", DAMAGES)
+def test_train_data_changed_after_preprocessing(run, tmp_path, monkeypatch, capsys, how,
+                                                data_format, cause):
+    data_dir = copy_run(run, tmp_path / "copy")
+    damaged = damage(data_dir, "train-360", how)
+    status = run_script(monkeypatch, "train", *flags(data_dir=data_dir, data_format=data_format,
+                                                     output_dir=tmp_path / "out", epochs=1))
+    line = error_line(capsys)
+    assert status == 2 and damaged in line and cause in line, line
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_export_refuses_a_length_shorter_than_the_kernel(run, tmp_path, monkeypatch, capsys):
+    _, _, config, ckpt = run
+    status = run_script(monkeypatch, "export", f"--config_path={config}", f"--ckpt_file={ckpt}",
+                        f"--file_name={tmp_path}/out/m", "--input_length=2")
+    out = capsys.readouterr()
+    assert status == 2 and "exported" not in out.out
+    assert out.err == "error: input_length: 2 samples is shorter than the encoder kernel L=4; " \
+                      "expected 0 (any length) or at least 4\n"
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_export_publishes_only_a_checked_mindir(run, tmp_path, monkeypatch, capsys):
+    _, _, config, ckpt = run
+    monkeypatch.setattr("src.deploy.export.check_mindir", lambda net, path, lengths: 0.5)
+    status = run_script(monkeypatch, "export", f"--config_path={config}", f"--ckpt_file={ckpt}",
+                        f"--file_name={tmp_path}/out/m")
+    out = capsys.readouterr()
+    assert status == 2 and "exported" not in out.out and "checked" not in out.out
+    assert "the reloaded MINDIR differs from the network by 0.5" in out.err
+    assert os.listdir(tmp_path / "out") == []

@@ -123,7 +123,9 @@ def read_rows(dataset, **iterator_args):
             row = next(iterator)
         except StopIteration:
             return
-        except RuntimeError as err:
+        except (RuntimeError, UserError) as err:
+            # MindSpore re-raises an exception of the source as RuntimeError, or as its own
+            # type, with the whole traceback of the worker as the message
             raise reading_error(err, getattr(dataset, "data_files", ())) from None
         yield row
 
@@ -133,12 +135,14 @@ _QUOTED_OS_ERROR = re.compile(r"^(?:\w+Error): (\[Errno \d+\] .+)$", re.MULTILIN
 
 
 def reading_error(err, data_files):
-    """A UserError for RuntimeError `err` of a pipeline reading `data_files`; `err` itself when it
-    is not a reading failure (a bug keeps its traceback)."""
+    """A one-line UserError for the error `err` of a pipeline reading `data_files`; `err` itself
+    when it is not a reading failure (a bug keeps its traceback)."""
     text = str(err)
-    quoted = _QUOTED_USER_ERROR.search(text)
+    quoted = _QUOTED_USER_ERROR.findall(text)
     if quoted:
-        return UserError(quoted.group(1).strip())
+        return UserError(quoted[-1].strip())
+    if isinstance(err, UserError):
+        return err
     files = ", ".join(data_files) or "the data files"
     system = _QUOTED_OS_ERROR.search(text)
     if system:
