@@ -65,7 +65,8 @@ def bad_location(request, tmp_path):
                 f.write(bytes(stat.f_bavail * stat.f_frsize - free_kb * 1024))
     yield kind, str(folder)
     if mounted is not None:
-        subprocess.run(["umount", str(mounted)], check=True)
+        # lazily: a file a failed writer left open must not keep the mount busy
+        subprocess.run(["umount", "-l", str(mounted)], check=True)
 
 
 def run_script(monkeypatch, name, *argv):
