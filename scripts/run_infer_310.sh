@@ -58,15 +58,25 @@ if [ "$DEVICE_TARGET" != "Ascend" ] && [ "$DEVICE_TARGET" != "CPU" ]; then
 fi
 mkdir -p "$INFER_DIR" || exit 1
 COMMON=(--config_path="$CONFIG_PATH" --mindir_path="$MINDIR_PATH" --infer_dir="$INFER_DIR")
+RESULT_PATH="$INFER_DIR/result_Files"
+# The results of an earlier run go first: a run that fails must not leave a score that looks current.
+rm -rf "$RESULT_PATH" "$INFER_DIR/acc.log" "$INFER_DIR/eval_results.csv" \
+    "$INFER_DIR/eval_summary.json" || exit 1
 
-# run_step NAME LOG COMMAND...: runs the command with its output in LOG; stops the script on failure.
+# run_step NAME LOG COMMAND...: runs the command with its output in LOG; stops the script on failure
+# with the step's own one-line error when it wrote one, else with the end of LOG.
 run_step() {
-    local name=$1 log=$2
+    local name=$1 log=$2 last
     shift 2
     echo "$name ... (log: $log)"
     if ! "$@" > "$log" 2>&1; then
-        echo "error: $name failed; the end of $log:" >&2
-        tail -n 5 "$log" >&2
+        last=$(grep '^error: ' "$log" | tail -n 1)
+        if [ -n "$last" ]; then
+            echo "error: $name: ${last#error: }" >&2
+        else
+            echo "error: $name failed; the end of $log:" >&2
+            tail -n 5 "$log" >&2
+        fi
         exit 1
     fi
 }
@@ -98,8 +108,10 @@ elif [ ! -f "$INFER_DIR/preprocess_Result/manifest.json" ]; then
     exit 1
 fi
 
-RESULT_PATH="$INFER_DIR/result_Files"
-rm -rf "$RESULT_PATH"
+# A .bin cut short would crash the inference app: its size is checked against the manifest first.
+run_step "check inputs" "$INFER_DIR/check.log" \
+    "$PYTHON" "$ROOT/preprocess_310.py" "${COMMON[@]}" --check_inputs_only=true
+
 if [ "$DEVICE_TARGET" == "Ascend" ]; then
     MINDSPORE_PATH=$("$PYTHON" -c "import os, mindspore; print(os.path.dirname(mindspore.__file__))") \
         || exit 1

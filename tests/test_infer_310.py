@@ -244,7 +244,8 @@ def test_eval_resumes_and_saves_wavs(setup, tmp_path, no_device_setup):
 
 
 def test_eval_errors(setup, tmp_path, no_device_setup):
-    with pytest.raises(UserError, match="tiny.ckpt: parameter 'encoder.weight' has shape"):
+    with pytest.raises(UserError, match="tiny.ckpt: made for another model configuration: .*"
+                                        "parameter 'encoder.weight' has shape"):
         run_evaluation(cfg_for(setup, "--N=32", f"--output_dir={tmp_path}"))
     with pytest.raises(UserError, match="save_wav: expected .*>= 0"):
         run_evaluation(cfg_for(setup, "--save_wav=-1", f"--output_dir={tmp_path}"))
@@ -341,3 +342,27 @@ def test_cmake_finds_the_headers_and_says_what_is_missing(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode != 0
     assert "no include/api/model.h there" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize("damage", ["truncated bin", "corrupt manifest"])
+def test_damaged_inputs_one_line_and_no_stale_score(setup, tmp_path, damage):
+    infer = tmp_path / "infer"
+    prep = infer / PREPROCESS_DIR
+    write_310_inputs(cfg_for(setup), setup["mindir"], str(prep), log=lambda *_: None)
+    (infer / "acc.log").write_text("Average SISNR improvement: 9.9\n")   # of an earlier run
+    (infer / SUMMARY_JSON).write_text('{"si_snri": 9.9}\n')
+    if damage == "truncated bin":
+        damaged = prep / INPUT_DIR / "00001_000.bin"
+        size = os.path.getsize(damaged)
+        os.truncate(damaged, size - 6)
+        expected = f"{damaged}: {size - 6} bytes, expected {size} "
+    else:
+        damaged = prep / "manifest.json"
+        damaged.write_text(damaged.read_text()[:100])
+        expected = f"{damaged}: not a readable manifest ("
+    proc = run_script(setup, tmp_path, setup["mindir"], setup["data"], "n", "0",
+                      DEVICE_TARGET="CPU")
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: check inputs: ") and expected in proc.stderr, proc.stderr
+    assert not (infer / "acc.log").exists() and not (infer / SUMMARY_JSON).exists()

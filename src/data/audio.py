@@ -3,8 +3,11 @@
 Reading goes through soundfile (WAV, FLAC, OGG, and MP3 where libsndfile supports it); resampling
 through librosa (soxr). Every failure a user can cause is a UserError naming the file.
 """
+import contextlib
+import errno
 import os
 import re
+import shutil
 
 import numpy as np
 import soundfile as sf
@@ -82,10 +85,30 @@ def resample_audio(signal, orig_rate, target_rate):
                             target_sr=target_rate, res_type="soxr_hq").astype(np.float32)
 
 
+# Below this much free space a failed write is taken for a full disk (libsndfile does not say).
+_NEARLY_FULL = 1 << 20
+
+
+@contextlib.contextmanager
+def audio_writing(path):
+    """soundfile's write errors inside the block as an OSError naming `path`.
+
+    libsndfile reports a full disk as "System error." only: the error is ENOSPC when the disk
+    holding `path` has (almost) no free space left, else EIO, with libsndfile's words.
+    """
+    try:
+        yield
+    except (RuntimeError, sf.LibsndfileError) as err:
+        folder = os.path.dirname(os.path.abspath(path))
+        full = os.path.isdir(folder) and shutil.disk_usage(folder).free < _NEARLY_FULL
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} (libsndfile: {err})", path) from None
+
+
 def write_audio(path, signal, sample_rate, subtype=None):
     """Write signal [T] or [channels, T] to `path` atomically (temporary file, then rename)."""
     signal = np.asarray(signal)
     data = signal.T if signal.ndim == 2 else signal
     fmt = os.path.splitext(path)[1].lstrip(".").upper() or "WAV"
-    with atomic_output(path) as tmp:
+    with atomic_output(path) as tmp, audio_writing(path):
         sf.write(tmp, data, sample_rate, subtype=subtype, format=fmt)

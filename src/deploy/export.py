@@ -34,11 +34,14 @@ def _first_line(err):
     return lines[0][:200] if lines else type(err).__name__
 
 
-def export_network(net, file_name, file_format="MINDIR", input_length=0, device_target="CPU"):
+def export_network(net, file_name, file_format="MINDIR", input_length=0, device_target="CPU",
+                   check=None):
     """Export `net` to `file_name` + the format's extension, atomically. Returns the path written.
 
-    AIR needs the Ascend toolkit (device_target Ascend). Failures of the converter (an operator
-    without an ONNX counterpart, a dynamic shape in ONNX) are UserErrors that say why.
+    `check(path)`, when given, is called on the exported file under its temporary name and may
+    raise: the file is renamed into place only after it returned. AIR needs the Ascend toolkit
+    (device_target Ascend). Failures of the converter (an operator without an ONNX counterpart, a
+    dynamic shape in ONNX) are UserErrors that say why.
     """
     import mindspore as ms
     if file_format not in EXTENSIONS:
@@ -64,7 +67,12 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
         net.set_formulation("matmul")
     try:
         tmp_stem = os.path.join(tmp_dir, "model")
-        ms.export(net, example, file_name=tmp_stem, file_format=file_format)
+        try:
+            ms.export(net, example, file_name=tmp_stem, file_format=file_format)
+        except OSError as err:      # a full disk: name the file the user asked for
+            raise OSError(err.errno, err.strerror, path) from None
+        if check:
+            check(tmp_stem + extension)
         os.replace(tmp_stem + extension, path)
     except (RuntimeError, ValueError, TypeError) as err:
         why = _first_line(err)

@@ -124,12 +124,54 @@ def write_310_inputs(cfg, mindir_path, prep_dir, log=print):
     return manifest
 
 
+MANIFEST_KEYS = ("n_src", "fixed_length", "chunk_samples", "overlap_samples", "align",
+                 "utterances")
+AGAIN = "run the preprocess step again (NEED_PREPROCESS=y)"
+
+
 def read_manifest(prep_dir):
+    """The manifest of `prep_dir`; UserError naming it when missing, not JSON or incomplete."""
     path = os.path.join(prep_dir, MANIFEST)
     if not os.path.isfile(path):
         raise UserError(f"{path}: not found; run the preprocess step (NEED_PREPROCESS=y)")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a readable manifest ({err}); {AGAIN}") from None
+    missing = [key for key in MANIFEST_KEYS if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise UserError(f"{path}: not a manifest of preprocess_310.py (no {', '.join(missing)}); "
+                        f"{AGAIN}")
+    return manifest
+
+
+def check_inputs(prep_dir):
+    """The manifest of `prep_dir` after checking that every file it lists holds as many float32
+    values as it says (a .bin cut short would otherwise crash the inference app). Returns it."""
+    manifest = read_manifest(prep_dir)
+    n_src, fixed = manifest["n_src"], manifest["fixed_length"]
+    try:
+        for entry in manifest["utterances"]:
+            length = entry["length"]
+            expected = [(entry["mixture"], length), (entry["labels"], n_src * length)]
+            expected += [(os.path.join(INPUT_DIR, chunk["name"] + ".bin"),
+                          fixed or chunk["samples"]) for chunk in entry["chunks"]]
+            for name, values in expected:
+                _check_size(os.path.join(prep_dir, name), values)
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{os.path.join(prep_dir, MANIFEST)}: an utterance without {err}; "
+                        f"{AGAIN}") from None
+    return manifest
+
+
+def _check_size(path, values):
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: not found; {AGAIN}")
+    size = os.path.getsize(path)
+    if size != 4 * values:
+        raise UserError(f"{path}: {size} bytes, expected {4 * values} ({values} float32 values); "
+                        f"truncated or changed after preprocessing: {AGAIN}")
 
 
 def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print):
@@ -177,7 +219,7 @@ def postprocess(prep_dir, result_dir, on_utterance=None):
     """
     from src.evaluation.evaluate import make_row, score_utterance, summarize
 
-    manifest = read_manifest(prep_dir)
+    manifest = check_inputs(prep_dir)
     n_src, fixed = manifest["n_src"], manifest["fixed_length"]
     rows = []
     for index, entry in enumerate(manifest["utterances"]):

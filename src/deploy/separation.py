@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 import soundfile as sf
 
-from src.data.audio import probe_audio
+from src.data.audio import audio_writing, probe_audio
 from src.model_utils.atomic import TEMPORARY_PREFIX, atomic_output, remove_leftovers
 from src.model_utils.errors import UserError
 from src.deploy.inference import stream_separate
@@ -198,7 +198,7 @@ def _scratch_file(directory):
 def _write_scaled(scratch, output, gain, rate, subtype):
     """The raw float32 samples of `scratch` times `gain` as the WAV `output`, atomically."""
     scratch.seek(0)
-    with atomic_output(output) as tmp:
+    with atomic_output(output) as tmp, audio_writing(output):
         with sf.SoundFile(tmp, "w", samplerate=rate, channels=1, format="WAV",
                           subtype=subtype) as sink:
             while True:

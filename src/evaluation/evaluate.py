@@ -95,8 +95,9 @@ def iterate_utterances(dataset, ids=None):
     The dataset has columns mixture [batch, T], sources [batch, C, T], lengths [batch]; padding
     beyond each length is cut off. `ids` names the utterances in order (default: their index).
     """
+    from src.data.dataset import read_rows
     index = 0
-    for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+    for batch in read_rows(dataset, num_epochs=1, output_numpy=True):
         for row in range(len(batch["lengths"])):
             length = int(batch["lengths"][row])
             utt_id = str(ids[index]) if ids is not None and index < len(ids) else str(index)
@@ -255,12 +256,20 @@ class Journal:
         self.file = open(path, "a", encoding="utf-8")
 
     def append(self, row):
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as err:          # a full disk: name the file
+            raise OSError(err.errno, err.strerror, self.path) from None
 
     def finish(self):
-        self.file.close()
-        os.remove(self.path)
+        """Close and remove the journal (the run is complete, or failed)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass        # its last line could not be written (full disk): it goes all the same
+        if os.path.exists(self.path):
+            os.remove(self.path)
 
 
 def _loads(line):
@@ -324,15 +333,22 @@ def run_evaluation(cfg, log=print):
     journal = Journal(os.path.join(eval_dir, ".eval_progress.jsonl"), key)
     if journal.done:
         log(f"resuming: {len(journal.done)} of {len(ids)} utterances already scored")
-    rows, summary = evaluate(net, dataset, ids, cfg.n_src, cfg.eval_sdr, chunk, overlap,
-                             align=cfg.L // 2, progress=True, done=journal.done,
-                             on_utterance=wav_writer(os.path.join(eval_dir, "wav"),
-                                                     cfg.save_wav, cfg.sample_rate,
-                                                     cfg.output_scale, output_subtype(cfg)),
-                             on_row=journal.append, metrics=metrics, sample_rate=cfg.sample_rate)
-    csv_path, json_path = write_results(eval_dir, rows, summary,
-                                        {"ckpt_file": ckpt, "test_name": cfg.test_name,
-                                         "chunk_seconds": cfg.chunk_seconds})
+    try:
+        rows, summary = evaluate(net, dataset, ids, cfg.n_src, cfg.eval_sdr, chunk, overlap,
+                                 align=cfg.L // 2, progress=True, done=journal.done,
+                                 on_utterance=wav_writer(os.path.join(eval_dir, "wav"),
+                                                         cfg.save_wav, cfg.sample_rate,
+                                                         cfg.output_scale, output_subtype(cfg)),
+                                 on_row=journal.append, metrics=metrics,
+                                 sample_rate=cfg.sample_rate)
+        csv_path, json_path = write_results(eval_dir, rows, summary,
+                                            {"ckpt_file": ckpt, "test_name": cfg.test_name,
+                                             "chunk_seconds": cfg.chunk_seconds})
+    except Exception:
+        # An error (data changed, disk full) leaves no progress file; a stopped or killed run
+        # keeps it and resumes.
+        journal.finish()
+        raise
     journal.finish()
     log(f"{cfg.test_name}: {summary_line(summary)}")
     log(f"per-utterance scores: {csv_path}; summary: {json_path}")

@@ -22,19 +22,29 @@ def atomic_output(path):
     """Yield a temporary path next to `path`; rename it to `path` when the block succeeds.
 
     The temporary name keeps the extension of `path` (some writers, such as MindSpore's
-    `save_checkpoint`, add one otherwise). On an exception the temporary file is removed.
+    `save_checkpoint`, add one otherwise). On an exception the temporary file is removed, with
+    what a writer made of its name (MindSpore's `save_checkpoint` first writes `<stem>.tmp`), and
+    an OSError that names no file (a write on a full disk) is raised again naming `path`.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=os.path.splitext(path)[1], dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=os.path.splitext(path)[1],
+                                   dir=directory)
+    except OSError as err:          # name the file asked for, not a temporary name
+        raise OSError(err.errno, err.strerror, path) from None
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as err:
+        stem = os.path.splitext(tmp)[0]
+        for made in [tmp] + glob.glob(glob.escape(stem) + ".*"):
+            if os.path.isfile(made):
+                os.remove(made)
+        if isinstance(err, OSError) and err.filename is None and err.errno:
+            raise OSError(err.errno, os.strerror(err.errno), path) from None
         raise
 
 

@@ -22,6 +22,7 @@ import time
 
 from src.model.conv_tasnet import ConvTasNet, model_kwargs
 from src.training.curves import CSV_NAME, JSON_NAME, PNG_NAME, write_curves
+from src.data.dataset import read_rows
 from src.model_utils.atomic import remove_leftovers, write_yaml
 from src.model_utils.errors import UserError
 from src.model_utils.progress import is_terminal, progress_bar
@@ -235,7 +236,7 @@ def resume_iterator(dataset, state, steps_per_epoch, epochs):
     start = state.epoch * steps_per_epoch + state.epoch_step
     if start:
         dataset.set_init_step(start)
-    return dataset.create_dict_iterator(num_epochs=epochs)
+    return read_rows(dataset, num_epochs=epochs)
 
 
 def run_epoch(cfg, step_cell, batches, state, log, steps_per_epoch, samples_per_step, save_last):
