@@ -35,7 +35,9 @@ def write_layout(base, mix_folders, source_folders, noise, seed=0):
     for split, count in SIZES.items():
         names[split] = []
         for i in range(count):
-            name = f"{split}{i}a010b_{rng.uniform(0, 2):.5f}_{split}{i}c020d_{-rng.uniform(0, 2):.5f}.wav"
+            # WSJ0 utterance ids: 3 characters of speaker, 5 of utterance; speakers differ
+            first, second = f"{split[0]}{2 * i:02d}c0101", f"{split[0]}{2 * i + 1:02d}c0102"
+            name = f"{first}_{rng.uniform(0, 2):.5f}_{second}_{-rng.uniform(0, 2):.5f}.wav"
             n = int(rng.integers(600, 1500))
             group = {folder: (0.1 * rng.standard_normal(n)).astype(np.float32)
                      for folders in source_folders for folder in folders}
@@ -186,3 +188,21 @@ def test_dynamic_mixing_adds_noise_only_to_noisy_mixture_types():
     assert noisy == {"mix": False, "mix_clean": False, "mix_clean_anechoic": False,
                      "mix_clean_reverb": False, "mix_both": True, "mix_both_reverb": True,
                      "mix_single_anechoic": True}
+
+
+def test_dynamic_mixing_reads_speakers_from_wsj0_utterance_ids(wsj0mix, tmp_path):
+    from src.data.dynamic_mixing import UtterancePool, create_dynamic_mixing_dataset
+    out = str(tmp_path / "out")
+    run(wsj0mix, out, dataset="wsj0mix", mix_type="mix", splits="[tr]", data_format="json")
+    split = load_split(out, "tr", 2, 8000)
+    pool = UtterancePool(split, 2)
+    assert pool.speakers == [f"t{k:02d}" for k in range(2 * SIZES["tr"])]
+    for speaker, entries in zip(pool.speakers, pool.by_speaker):
+        for row, k in pool.entries[entries]:   # source k of mixture row is this speaker's
+            assert split.ids[row].split("_")[2 * k][:3] == speaker
+    cfg = config(data_dir=out, dataset="wsj0mix", mix_type="mix", train_name="tr", segment=0.05,
+                 batch_size=1, dataset_workers=1, dynamic_mixing="true")
+    data = create_dynamic_mixing_dataset(cfg)
+    for mixture, sources, lengths in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
+        assert mixture.shape == (1, 400) and sources.shape == (1, 2, 400)
+        np.testing.assert_allclose(mixture[0], sources[0].sum(0), atol=1e-6)
