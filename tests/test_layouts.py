@@ -1,6 +1,6 @@
-"""preprocess.py on the folder layouts of wsj0-2mix/3mix, WHAM! and WHAMR!, generated here in tiny
-form with soundfile (the generators' names: `<C>speakers/wav8k/min/{tr,cv,tt}/{mix,s1,s2}` and
-`wav8k/min/{tr,cv,tt}/{mix_both,s1,s2,noise}`, `.../{mix_both_reverb,s1_anechoic,s1_reverb,...}`)."""
+"""preprocess.py on the folder layouts of wsj0-2mix/3mix, WHAM! and WHAMR!, generated here in
+tiny form with soundfile (the generators' names: `<C>speakers/wav8k/min/{tr,cv,tt}/{mix,s1,s2}`
+and `wav8k/min/{tr,cv,tt}/{mix_both,s1,s2,noise}`, `.../{mix_both_reverb,s1_anechoic,...}`)."""
 import os
 import re
 
@@ -86,7 +86,8 @@ def rows_of(index):
     from src.data.mindrecord_io import COLUMNS, decode
     data = ds.MindDataset(index.mindrecord_files, columns_list=COLUMNS, shuffle=False)
     c = len(index.paths) - 1
-    return {str(mid): (decode(mix, index.info["encoding"]), decode(src, index.info["encoding"]).reshape(c, -1))
+    encoding = index.info["encoding"]
+    return {str(mid): (decode(mix, encoding), decode(src, encoding).reshape(c, -1))
             for mid, mix, src in data.create_tuple_iterator(output_numpy=True, num_epochs=1)}
 
 
@@ -117,7 +118,8 @@ def test_wham_noisy_mixtures_with_the_noise_beside(tmp_path):
     run(str(tmp_path / "wham"), str(tmp_path / "both"), dataset="wham", mix_type="mix_both")
     index = load_split(str(tmp_path / "both"), "tt", 2, 8000)
     for i in range(len(index.ids)):
-        noise = read_float(os.path.join(base, "tt", "noise", os.path.basename(index.paths["mix"][i])))
+        name = os.path.basename(index.paths["mix"][i])
+        noise = read_float(os.path.join(base, "tt", "noise", name))
         mix = read_float(index.paths["mix"][i])
         assert "/mix_both/" in index.paths["mix"][i].replace(os.sep, "/")
         assert np.abs(mix - read_float(index.paths["s1"][i]) - read_float(index.paths["s2"][i])
@@ -177,7 +179,8 @@ def test_wsj0_2mix_recipe_reads_the_generated_layout(wsj0mix, tmp_path):
                        "--data_format=json", "--preprocess_workers=1"])
     results = prepare_dataset(cfg, log=lambda *_: None)
     assert set(results) == {cfg.train_name, cfg.valid_name, cfg.test_name} == set(SIZES)
-    assert (cfg.N, cfg.L, cfg.B, cfg.H, cfg.Sc, cfg.P, cfg.X, cfg.R) == (512, 16, 128, 512, 128, 3, 8, 3)
+    paper = (512, 16, 128, 512, 128, 3, 8, 3)   # Luo & Mesgarani 2019, Table 3, best row
+    assert (cfg.N, cfg.L, cfg.B, cfg.H, cfg.Sc, cfg.P, cfg.X, cfg.R) == paper
 
 
 def test_dynamic_mixing_adds_noise_only_to_noisy_mixture_types():
