@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 
+import pytest
 import soundfile as sf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +20,7 @@ def run_demo(demo_dir):
     return result
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     demo = tmp_path / "demo"
     result = run_demo(demo)
