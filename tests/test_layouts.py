@@ -1,6 +1,6 @@
-"""preprocess.py on the folder layouts of wsj0-2mix/3mix, WHAM! and WHAMR!, generated here in tiny
-form with soundfile (the generators' names: `<C>speakers/wav8k/min/{tr,cv,tt}/{mix,s1,s2}` and
-`wav8k/min/{tr,cv,tt}/{mix_both,s1,s2,noise}`, `.../{mix_both_reverb,s1_anechoic,s1_reverb,...}`)."""
+"""preprocess.py on the folder layouts of wsj0-2mix/3mix, WHAM! and WHAMR!, generated here in
+tiny form with soundfile (the generators' names: `<C>speakers/wav8k/min/{tr,cv,tt}/{mix,s1,s2}`
+and `wav8k/min/{tr,cv,tt}/{mix_both,s1,s2,noise}`, `.../{mix_both_reverb,s1_anechoic,...}`)."""
 import os
 import re
 
@@ -35,7 +35,9 @@ def write_layout(base, mix_folders, source_folders, noise, seed=0):
     for split, count in SIZES.items():
         names[split] = []
         for i in range(count):
-            name = f"{split}{i}a010b_{rng.uniform(0, 2):.5f}_{split}{i}c020d_{-rng.uniform(0, 2):.5f}.wav"
+            # WSJ0 utterance ids: 3 characters of speaker, 5 of utterance; speakers differ
+            first, second = f"{split[0]}{2 * i:02d}c0101", f"{split[0]}{2 * i + 1:02d}c0102"
+            name = f"{first}_{rng.uniform(0, 2):.5f}_{second}_{-rng.uniform(0, 2):.5f}.wav"
             n = int(rng.integers(600, 1500))
             group = {folder: (0.1 * rng.standard_normal(n)).astype(np.float32)
                      for folders in source_folders for folder in folders}
@@ -84,7 +86,8 @@ def rows_of(index):
     from src.data.mindrecord_io import COLUMNS, decode
     data = ds.MindDataset(index.mindrecord_files, columns_list=COLUMNS, shuffle=False)
     c = len(index.paths) - 1
-    return {str(mid): (decode(mix, index.info["encoding"]), decode(src, index.info["encoding"]).reshape(c, -1))
+    encoding = index.info["encoding"]
+    return {str(mid): (decode(mix, encoding), decode(src, encoding).reshape(c, -1))
             for mid, mix, src in data.create_tuple_iterator(output_numpy=True, num_epochs=1)}
 
 
@@ -115,7 +118,8 @@ def test_wham_noisy_mixtures_with_the_noise_beside(tmp_path):
     run(str(tmp_path / "wham"), str(tmp_path / "both"), dataset="wham", mix_type="mix_both")
     index = load_split(str(tmp_path / "both"), "tt", 2, 8000)
     for i in range(len(index.ids)):
-        noise = read_float(os.path.join(base, "tt", "noise", os.path.basename(index.paths["mix"][i])))
+        name = os.path.basename(index.paths["mix"][i])
+        noise = read_float(os.path.join(base, "tt", "noise", name))
         mix = read_float(index.paths["mix"][i])
         assert "/mix_both/" in index.paths["mix"][i].replace(os.sep, "/")
         assert np.abs(mix - read_float(index.paths["s1"][i]) - read_float(index.paths["s2"][i])
@@ -175,7 +179,8 @@ def test_wsj0_2mix_recipe_reads_the_generated_layout(wsj0mix, tmp_path):
                        "--data_format=json", "--preprocess_workers=1"])
     results = prepare_dataset(cfg, log=lambda *_: None)
     assert set(results) == {cfg.train_name, cfg.valid_name, cfg.test_name} == set(SIZES)
-    assert (cfg.N, cfg.L, cfg.B, cfg.H, cfg.Sc, cfg.P, cfg.X, cfg.R) == (512, 16, 128, 512, 128, 3, 8, 3)
+    paper = (512, 16, 128, 512, 128, 3, 8, 3)   # Luo & Mesgarani 2019, Table 3, best row
+    assert (cfg.N, cfg.L, cfg.B, cfg.H, cfg.Sc, cfg.P, cfg.X, cfg.R) == paper
 
 
 def test_dynamic_mixing_adds_noise_only_to_noisy_mixture_types():
@@ -186,3 +191,21 @@ def test_dynamic_mixing_adds_noise_only_to_noisy_mixture_types():
     assert noisy == {"mix": False, "mix_clean": False, "mix_clean_anechoic": False,
                      "mix_clean_reverb": False, "mix_both": True, "mix_both_reverb": True,
                      "mix_single_anechoic": True}
+
+
+def test_dynamic_mixing_reads_speakers_from_wsj0_utterance_ids(wsj0mix, tmp_path):
+    from src.data.dynamic_mixing import UtterancePool, create_dynamic_mixing_dataset
+    out = str(tmp_path / "out")
+    run(wsj0mix, out, dataset="wsj0mix", mix_type="mix", splits="[tr]", data_format="json")
+    split = load_split(out, "tr", 2, 8000)
+    pool = UtterancePool(split, 2)
+    assert pool.speakers == [f"t{k:02d}" for k in range(2 * SIZES["tr"])]
+    for speaker, entries in zip(pool.speakers, pool.by_speaker):
+        for row, k in pool.entries[entries]:   # source k of mixture row is this speaker's
+            assert split.ids[row].split("_")[2 * k][:3] == speaker
+    cfg = config(data_dir=out, dataset="wsj0mix", mix_type="mix", train_name="tr", segment=0.05,
+                 batch_size=1, dataset_workers=1, dynamic_mixing="true")
+    data = create_dynamic_mixing_dataset(cfg)
+    for mixture, sources, lengths in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
+        assert mixture.shape == (1, 400) and sources.shape == (1, 2, 400)
+        np.testing.assert_allclose(mixture[0], sources[0].sum(0), atol=1e-6)

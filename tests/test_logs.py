@@ -67,7 +67,7 @@ def test_entry_point_logged_to_a_file_has_progress_lines_not_carriage_returns(tm
             [sys.executable, os.path.join(ROOT, "preprocess.py"), f"--in_dir={in_dir}",
              f"--out_dir={tmp_path / 'out'}", "--splits=[test]", "--preprocess_workers=1"],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, timeout=300)
-    text = log_path.read_text()
+    text = log_path.read_bytes().decode()   # not read_text(): it would turn "\r" into "\n"
     assert result.returncode == 0, text
     assert "\r" not in text
     assert re.search(r"^test: checking: 4/4 mix \(100%\)", text, re.M)

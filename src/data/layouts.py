@@ -4,12 +4,14 @@ Every dataset is listed into the same thing, (mixture_IDs, paths of the mixture 
 lengths from a metadata CSV or None); after that there is one code path (src/data/preparation.py).
 `dataset` picks the layout, `mix_type` the mixture folder, C = n_src:
 
-| dataset  | generator        | split folders under in_dir                   | mix_type                   | sources        |
-|----------|------------------|----------------------------------------------|----------------------------|----------------|
-| librimix | LibriMix         | [Libri<C>Mix/]wav8k|wav16k/min|max/<split>/  | mix_clean mix_both mix_single | s1 .. s<C>  |
-| wsj0mix  | wsj0-2mix/3mix   | [<C>speakers/]wav8k|wav16k/min|max/{tr,cv,tt}/ | mix                       | s1 .. s<C>     |
-| wham     | WHAM!            | wav8k|wav16k/min|max/{tr,cv,tt}/             | mix_clean mix_both mix_single | s1 s2       |
-| whamr    | WHAMR!           | wav8k|wav16k/min|max/{tr,cv,tt}/             | mix_{clean,both,single}_{anechoic,reverb} | s1_<t> s2_<t> |
+    librimix  LibriMix: [Libri<C>Mix/]wav8k|wav16k/min|max/<split>/ (train-360, train-100, dev,
+              test), mix_type mix_clean, mix_both or mix_single, sources s1 .. s<C>, metadata/
+    wsj0mix   wsj0-2mix / wsj0-3mix: [<C>speakers/]wav8k|wav16k/min|max/{tr,cv,tt}/, mix_type
+              mix, sources s1 .. s<C>
+    wham      WHAM!: wav8k|wav16k/min|max/{tr,cv,tt}/, mix_type mix_clean, mix_both or
+              mix_single, sources s1 s2
+    whamr     WHAMR!: wav8k|wav16k/min|max/{tr,cv,tt}/, mix_type mix_{clean,both,single}_anechoic
+              or mix_{clean,both,single}_reverb, sources s1_<t> s2_<t>
 
 For WHAMR! `<t>` is `whamr_targets`: `anechoic` (the sources without reverberation, so the model
 separates and dereverberates) or `reverb` (the reverberant sources: separation only). WHAM! and
@@ -70,7 +72,8 @@ def get_layout(cfg):
                         f"got {cfg.mix_type!r}")
     single = cfg.mix_type.startswith("mix_single")
     if single and cfg.n_src != 1:
-        raise UserError(f"n_src: {cfg.mix_type} holds one speaker, expected n_src=1, got {cfg.n_src}")
+        raise UserError(f"n_src: {cfg.mix_type} holds one speaker, expected n_src=1, "
+                        f"got {cfg.n_src}")
     if not single and not 2 <= cfg.n_src <= layout.max_src:
         raise UserError(f"n_src: {layout.title} has 2{' or 3' if layout.max_src == 3 else ''} "
                         f"speakers, got {cfg.n_src}")
@@ -103,8 +106,9 @@ def find_split_root(cfg, splits):
             return os.path.abspath(root)
     where = f"{container}/" if container else ""
     raise UserError(f"{in_dir}: no {layout.title} split folder found (expected <split>/"
-                    f"{cfg.mix_type}/ for one of {list(splits)}, directly or under {where}wav{own}k/"
-                    f"min; {layout.title} splits are named {layout.split_example})")
+                    f"{cfg.mix_type}/ for one of {list(splits)}, directly or under "
+                    f"{where}wav{own}k/min; {layout.title} splits are named "
+                    f"{layout.split_example})")
 
 
 def list_mixtures(root, split, cfg):
@@ -131,7 +135,8 @@ def list_mixtures(root, split, cfg):
     else:
         ids = sorted(name[:-4] for name in os.listdir(folders["mix"]) if name.endswith(".wav"))
     if not ids:
-        raise UserError(f"{folders['mix']}: split '{split}' is empty (expected <mixture_ID>.wav files)")
+        raise UserError(f"{folders['mix']}: split '{split}' is empty "
+                        "(expected <mixture_ID>.wav files)")
     paths = {name: [os.path.join(folder, f"{mid}.wav") for mid in ids]
              for name, folder in folders.items()}
     return ids, paths, csv_lengths

@@ -1,9 +1,10 @@
 """preprocess.py's work: dataset split folders -> JSON lists (+ MindRecord) under out_dir.
 
-Per split: pair the files by mixture_ID (LibriMix, wsj0-mix, WHAM!, WHAMR!: src/data/layouts.py), check every mixture in worker processes (pass 1, headers
-only), then, for MindRecord, read the samples in worker processes and write them in mixture order
-(pass 2). The split is built in `<out_dir>/.tmp-<split>` and renamed to `<out_dir>/<split>` when it
-is complete; `info.json`, written last, marks it finished. Output layout: see src/data/librimix.py.
+Per split: pair the files by mixture_ID (LibriMix, wsj0-mix, WHAM!, WHAMR!: src/data/layouts.py),
+check every mixture in worker processes (pass 1, headers only), then, for MindRecord, read the
+samples in worker processes and write them in mixture order (pass 2). The split is built in
+`<out_dir>/.tmp-<split>` and renamed to `<out_dir>/<split>` when it is complete; `info.json`,
+written last, marks it finished. Output layout: see src/data/librimix.py.
 
 A finished split is never replaced without `overwrite`: re-running over finished output is refused,
 a run that was interrupted resumes with the splits it had not finished, and a folder that
@@ -41,7 +42,7 @@ def _settings(cfg, root):
 
 
 def _recorded_settings(info, n_src):
-    """The settings an info.json records; one written before other datasets were read is LibriMix's."""
+    """The settings an info.json records (one written before other datasets were read: LibriMix)."""
     earlier = {"dataset": "librimix", "source_folders": [f"s{k}" for k in range(1, n_src + 1)]}
     return {**earlier, **info}
 

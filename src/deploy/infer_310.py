@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from src.model_utils.errors import UserError
+from src.model_utils.progress import progress_bar
 from src.deploy.inference import separate_in_chunks, stream_separate
 
 MANIFEST = "manifest.json"
@@ -190,7 +191,7 @@ def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print):
         raise UserError(f"{input_dir}: no .bin input files")
     os.makedirs(output_dir, exist_ok=True)
     lines = []
-    for name in files:
+    for name in progress_bar(files, desc="inferring", unit="input"):
         samples = np.fromfile(os.path.join(input_dir, name), np.float32)
         if declared[1] > 0 and len(samples) != declared[1]:
             raise UserError(f"{os.path.join(input_dir, name)}: {len(samples)} samples, but the "

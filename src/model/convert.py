@@ -12,9 +12,10 @@ Formats:
         configuration is read from `model_args`.
     Asteroid state_dict (`masker.*` keys) and torchaudio's ConvTasNet state_dict
         (`mask_generator.*` keys): sizes are read from the tensor shapes; what a state_dict does not
-        record (X, hence R; and for Asteroid the mask and encoder activations, gLN or cLN, the
-        sample rate) comes from the configuration (--X, --mask_nonlinear, ...).
-torchaudio's model is gLN (eps 1e-8), sigmoid masks, skip channels = B, the input padded with L/2
+        record (X, hence R; the mask activation; for Asteroid also the encoder activation, gLN
+        or cLN; the sample rate) comes from the configuration (--X, --mask_nonlinear, ...).
+torchaudio's model is gLN (eps 1e-8), relu masks for conv_tasnet_base() and its pretrained bundle
+(sigmoid for ConvTasNet's own default), skip channels = B, the input padded with L/2
 zeros at both ends (edge_pad = L/2), and no residual conv in the last block (its output is never
 used when there are skip connections; the converted model gets zeros there).
 """
@@ -318,9 +319,12 @@ def state_dict_config(kind, state, cfg, path):
     X, R = _split_blocks(_count_blocks(state, names["blocks"]), cfg, path)
     n_src = _shape(state, names["mask"], path)[0] // N
     if kind == "torchaudio":
+        # The mask activation is not in the state_dict: torchaudio's ConvTasNet defaults to
+        # sigmoid, but conv_tasnet_base() (and so its pretrained bundle) builds relu masks.
         return dict(N=N, L=L, B=B, H=H, Sc=Sc, P=P, X=X, R=R, n_src=n_src, norm_type="gLN",
-                    causal=False, mask_nonlinear="sigmoid", encoder_activation="linear",
-                    edge_pad=L // 2, sample_rate=cfg.sample_rate), ("X", "sample_rate")
+                    causal=False, mask_nonlinear=cfg.mask_nonlinear, encoder_activation="linear",
+                    edge_pad=L // 2, sample_rate=cfg.sample_rate), \
+            ("X", "mask_nonlinear", "sample_rate")
     batch_norm = any(k.endswith("running_mean") for k in state)
     norm_type = "BN" if batch_norm else ("cLN" if cfg.norm_type == "cLN" else "gLN")
     assumed = ("X", "mask_nonlinear", "encoder_activation", "sample_rate") + \

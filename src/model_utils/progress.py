@@ -95,12 +95,11 @@ class LineProgress:
         self.closed = True
 
     def __iter__(self):
-        try:
-            for item in self.iterable:
-                yield item
-                self.update(1)
-        finally:
-            self.close()
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        # not in a `finally`: a loop left by an error writes no line after the error's message
+        self.close()
 
     def __enter__(self):
         return self
