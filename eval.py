@@ -1,7 +1,8 @@
-"""Score a trained Conv-TasNet on whole test utterances: SI-SNRi and SDRi.
+"""Score a trained Conv-TasNet on whole test utterances: SI-SNRi, SDRi, SIR, SAR, STOI (ESTOI, PESQ).
 
     python eval.py --config_path=<output_dir>/config.yaml --ckpt_file=<checkpoint> \
         [--data_dir=./data] [--test_name=test] [--save_wav=N] [--eval_sdr=true] [--chunk_seconds=0]
+        [--metrics='[si_snr,sdr,sir,sar,stoi,estoi,pesq]']
 
 Writes per-utterance scores (eval_results.csv) and their means (eval_summary.json) to
 <output_dir>/eval_<test_name>/, and the separated sources of N utterances to its wav/ folder.

@@ -13,6 +13,8 @@
 #   DEVICE_TARGET    Ascend (default) or CPU
 #   CONFIG_PATH      the configuration the model was trained with (default: default_config.yaml)
 #   INFER_DIR        working folder for inputs, results and logs (default: ./infer_310)
+#   SAVE_WAV         postprocess also writes the separated sources of this many utterances to
+#                    INFER_DIR/wav (default: none)
 #   PYTHON           the Python with MindSpore (default: that of the environment the script is
 #                    started in; see scripts/env.sh)
 #   ASCEND_HOME_PATH the Ascend toolkit (default: /usr/local/Ascend/ascend-toolkit/latest)
@@ -125,5 +127,6 @@ else
 fi
 tail -n 1 "$INFER_DIR/infer.log"
 
-run_step "postprocess" "$INFER_DIR/acc.log" "$PYTHON" "$ROOT/postprocess.py" "${COMMON[@]}"
+run_step "postprocess" "$INFER_DIR/acc.log" "$PYTHON" "$ROOT/postprocess.py" "${COMMON[@]}" \
+    ${SAVE_WAV:+"--save_wav=$SAVE_WAV"}
 cat "$INFER_DIR/acc.log"

@@ -129,3 +129,28 @@ def test_separate_writes_16_bit_at_the_mixture_level(models, tmp_path, rate, cha
         n = expected.shape[1]
         np.testing.assert_allclose(data[:n], expected[c], atol=1e-3 * np.abs(expected).max() + 1e-4)
     assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".tmp")]
+
+
+def test_eval_summary_is_the_same_on_rescaled_outputs():
+    from test_evaluate import make_dataset
+    from src.evaluation.evaluate import evaluate
+    lengths = [8000, 9000]
+    data, sources, _ = make_dataset(lengths, seed=7)
+    rng = np.random.default_rng(3)
+    noise = {n: 0.3 * rng.standard_normal((2, n)) for n in lengths}
+
+    def raw(batch):                     # loud, swapped estimates with leakage and noise
+        n = batch.shape[-1]
+        src = sources[lengths.index(n), :, :n]
+        est = np.stack([-25.0 * (src[1] + 0.2 * src[0]), 9.0 * src[0]]) + noise[n]
+        return est[None].astype(np.float32)
+
+    def rescaled(batch):
+        return match_mixture_level(raw(batch)[0], batch[0])[None]
+
+    metrics = ("si_snr", "sdr", "sir", "sar", "stoi", "estoi", "pesq")
+    summaries = [evaluate(model, data, ["a", "b"], n_src=2, metrics=metrics,
+                          sample_rate=RATE)[1] for model in (raw, rescaled)]
+    assert set(summaries[0]) == set(summaries[1]) and summaries[0]["pesq"] is not None
+    for key, value in summaries[0].items():
+        assert summaries[1][key] == pytest.approx(value, abs=1e-3), key

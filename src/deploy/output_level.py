@@ -112,10 +112,3 @@ def check_output_settings(cfg):
 def output_subtype(cfg):
     """The soundfile subtype of written WAVs for cfg.output_format."""
     return SUBTYPES[cfg.output_format]
-
-
-def prepare_outputs(estimates, mixture, cfg):
-    """What a user gets of estimates [C, T] separated from mixture [T] under cfg.output_scale."""
-    if cfg.output_scale == "raw":
-        return np.asarray(estimates, np.float32)
-    return match_mixture_level(estimates, mixture)

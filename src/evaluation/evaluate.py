@@ -24,7 +24,7 @@ from src.model_utils.progress import progress_bar
 from src.deploy.inference import dynamic_model_function, separate_in_chunks
 from src.deploy.output_level import match_mixture_level
 from src.evaluation.metrics import EPS, si_snri
-from src.evaluation.scores import bss_eval, check_metrics, extra_scores
+from src.evaluation.scores import BSS_METRICS, bss_eval, check_metrics, extra_scores
 
 CSV_COLUMNS = ("id", "length", "si_snr", "si_snri", "sdr", "sdri")
 # written after CSV_COLUMNS when the metrics asked for them were computed
@@ -71,12 +71,11 @@ def score_utterance(estimates, references, mixture, with_sdr=True, metrics=("sdr
         return dict.fromkeys(("si_snr", "si_snri") + (("sdr", "sdri") if with_sdr else ())), \
             reordered
     scores = {"si_snr": mean_si_snr, "si_snri": mean_si_snri}
-    if with_sdr and {"sdr", "sir", "sar"} & set(metrics):
-        sir_sar = bool({"sir", "sar"} & set(metrics))
-        values = sdr_improvement(estimates, references, mixture, sir_sar)
-        scores.update(zip(("sdr", "sdri", "sir", "sar"), values))
-        if sir_sar:                      # one BSS Eval call gives all three; report what was asked
-            scores = {k: v for k, v in scores.items() if k not in ("sir", "sar") or k in metrics}
+    if with_sdr and set(BSS_METRICS) & set(metrics):
+        # one BSS Eval call gives all three; SIR and SAR are reported where asked for
+        sdr, sdri, sir, sar = sdr_improvement(estimates, references, mixture, with_sir_sar=True)
+        scores.update(sdr=sdr, sdri=sdri)
+        scores.update({k: v for k, v in (("sir", sir), ("sar", sar)) if k in metrics})
     scores.update(extra_scores(reordered, references, mixture, metrics, sample_rate))
     return scores, reordered
 
