@@ -78,6 +78,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="")
+    parser.add_argument("--quality", default="true", choices=["true", "false"],
+                        help="false: speed and memory only (e.g. random weights of a size)")
     args, config_argv = parser.parse_known_args()
 
     from src.model_utils.config import load_config
@@ -118,11 +120,13 @@ def main():
                         os.path.join(args.work_dir, f"clip_{s}s.npy"))
              for s in args.seconds.split(",")}
     for name, path in models.items():
-        dataset, _ = create_eval_dataset(cfg, cfg.test_name)
-        _, summary = evaluate(load_onnx(path, args.threads), dataset, ids, cfg.n_src,
-                              with_sdr=True, align=cfg.L // 2)
-        entry = {"size_mb": os.path.getsize(path) / 1e6, "si_snri": summary["si_snri"],
-                 "sdri": summary["sdri"]}
+        entry = {"size_mb": os.path.getsize(path) / 1e6, "si_snri": float("nan"),
+                 "sdri": float("nan")}
+        if args.quality == "true":
+            dataset, _ = create_eval_dataset(cfg, cfg.test_name)
+            _, summary = evaluate(load_onnx(path, args.threads), dataset, ids, cfg.n_src,
+                                  with_sdr=True, align=cfg.L // 2)
+            entry.update(si_snri=summary["si_snri"], sdri=summary["sdri"])
         for seconds, clip in clips.items():
             timing = timed(path, clip, args.threads, args.repeats)
             entry[f"rtf_{seconds}s"] = timing["rtf"]
