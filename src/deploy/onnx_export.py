@@ -11,6 +11,9 @@ the time axis dynamic:
 
 Inside, tensors are [batch, K, channels] with K encoder frames. The model's settings a consumer
 needs (sample rate, C, L) are stored in the file's metadata (`model_settings`).
+
+MindSpore 2.7: `import onnx` before `import mindspore` breaks MindSpore's import (protobuf
+descriptors), so the onnx package is imported inside the functions, after MindSpore.
 """
 import os
 
