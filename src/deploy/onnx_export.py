@@ -7,7 +7,7 @@ src/model/conv_tasnet.py ("matmul"): the same function with the same weights, ev
 convolution a MatMul (which onnxruntime's int8 quantization handles best), and both the batch and
 the time axis dynamic:
 
-    mixture [batch, T] (T >= L) -> estimates [batch, C, T]
+    mixture [batch, T] (any T >= 1, as the network) -> estimates [batch, C, T]
 
 Inside, tensors are [batch, K, channels] with K encoder frames. The model's settings a consumer
 needs (sample rate, C, L) are stored in the file's metadata (`model_settings`).
@@ -210,7 +210,8 @@ def build_onnx(net, settings=None):
         g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="conv_tasnet")
-    # onnxruntime 1.32 reads IR versions up to 11; onnx 1.23 writes 12 by default.
+    # The IR version of opset 17's time, so that older onnxruntime releases read the file too
+    # (onnx 1.23 writes its newest by default).
     model.ir_version = min(model.ir_version, 10)
     helper.set_model_props(model, {key: str(value) for key, value in (settings or {}).items()})
     return model

@@ -57,9 +57,6 @@ def load_onnx(path, threads=0):
             if t > fixed:
                 raise UserError(f"{path}: the model takes {fixed} samples, got {t}")
             mixture = np.pad(mixture, ((0, 0), (0, fixed - t)))
-        if mixture.shape[-1] < settings["L"]:
-            raise UserError(f"{path}: an input of {t} samples is shorter than the encoder "
-                            f"kernel (L={settings['L']})")
         return session.run(None, {input_name: np.ascontiguousarray(mixture, np.float32)})[0][..., :t]
 
     model_fn.settings = settings
