@@ -21,6 +21,10 @@ def _session(path, threads=0):
         raise UserError(f"{path}: ONNX model not found")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # Every call has another length: onnxruntime's arena and memory patterns, made for fixed
+    # shapes, then only raise the peak memory (benchmarks/README.md).
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
     try:
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types for unreadable files
