@@ -283,3 +283,29 @@ def test_export_cli_quantizes(trained, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert "train-360/mix.json: not found; calibration reads the training split" in err
+
+
+def test_eval_of_onnx_model_equals_checkpoint(tmp_path, monkeypatch):
+    from src.evaluation.evaluate import run_evaluation
+    from train_helpers import TINY_MODEL, make_data_dir
+    from librimix_helpers import config
+
+    monkeypatch.setattr("src.model_utils.device.init_device", lambda cfg: None)  # set already
+    data_dir = make_data_dir(str(tmp_path))
+    net = random_net(seed=2, **{**TINY_MODEL, "norm_type": "BN"})
+    ms.save_checkpoint(net, str(tmp_path / "m.ckpt"))
+    onnx_path, _, _ = export_onnx(net, str(tmp_path / "m.onnx"),
+                                  {**SETTINGS, "L": TINY_MODEL["L"]}, lengths=(400,))
+    common = dict(TINY_MODEL, norm_type="BN", data_dir=data_dir, test_name="dev",
+                  eval_sdr="false")
+    summaries = []
+    for model in ("m.ckpt", "m.onnx"):
+        cfg = config(ckpt_file=str(tmp_path / model), output_dir=str(tmp_path / model[2:]),
+                     **common)
+        summaries.append(run_evaluation(cfg, log=lambda line: None)[1])
+    assert summaries[1]["utterances"] == summaries[0]["utterances"] == 2
+    assert abs(summaries[1]["si_snri"] - summaries[0]["si_snri"]) < 1e-3
+    cfg = config(ckpt_file=onnx_path, output_dir=str(tmp_path / "x"), **{**common, "L": 8})
+    with pytest.raises(UserError, match="L: .*m.onnx was exported with L = 4, the "
+                                        "configuration has 8"):
+        run_evaluation(cfg, log=lambda line: None)
