@@ -19,7 +19,7 @@ from src.deploy.onnx_runtime import load_onnx
 from src.deploy.separation import run_separation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=2, R=2)
+TINY = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=2, R=1)
 SETTINGS = dict(sample_rate=8000, n_src=2, L=4, separate_chunk_seconds=0.5, chunk_overlap=0.1)
 
 VARIANTS = {
@@ -62,7 +62,7 @@ def test_onnxruntime_gives_the_network_output(tmp_path, variant):
     assert os.listdir(tmp_path) == ["m.onnx"]                   # no temporary left behind
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
-    for batch, length in ((2, 4), (2, 37), (1, 803)):            # shortest input: one frame
+    for batch, length in ((2, 3), (3, 37)):           # shorter than L: one frame; a batch
         x = (0.1 * rng.standard_normal((batch, length))).astype(np.float32)
         got = session.run(None, {"mixture": x})[0]
         expected = net(ms.Tensor(x)).asnumpy()
@@ -214,3 +214,100 @@ def test_separation_needs_no_mindspore(trained, exported, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "mix44.wav: resampling from 11025 to the model's 8000 Hz needs the soxr package" \
         in result.stdout
+
+
+def write_training_split(folder, count=6, rate=8000):
+    """A preprocessed split's mix.json (what calibration reads) over speech-like WAVs."""
+    import json
+    rng = np.random.default_rng(6)
+    entries = []
+    for i in range(count):
+        t = np.arange(rate) / rate
+        signal = (0.1 * np.sin(2 * np.pi * (150 + 40 * i) * t * (1 + 0.2 * t))
+                  + 0.02 * rng.standard_normal(rate)).astype(np.float32)
+        path = str(folder / f"m{i}.wav")
+        sf.write(path, signal, rate, subtype="FLOAT")
+        entries.append([path, rate])
+    (folder / "train-360").mkdir()
+    (folder / "train-360" / "mix.json").write_text(json.dumps(entries))
+    return str(folder)
+
+
+@pytest.mark.parametrize("scheme", ["dynamic", "static"])
+def test_quantized_models_run_close_to_float(tmp_path, scheme):
+    from src.deploy.onnx_quantize import quantize_onnx, training_mixtures
+
+    net = random_net(norm_type="gLN")
+    float_path, _, _ = export_onnx(net, str(tmp_path / "f.onnx"), SETTINGS, lengths=(400,))
+    data_dir = write_training_split(tmp_path)
+    mixtures = training_mixtures(data_dir, "train-360", 4, 0.5, 8000)
+    assert len(mixtures) == 4 and all(m.shape == (4000,) for m in mixtures)
+    out = quantize_onnx(float_path, str(tmp_path / "q.onnx"), scheme, mixtures)
+    import onnx
+    model = onnx.load(out)
+    ops = {n.op_type for n in model.graph.node}
+    assert ("DynamicQuantizeLinear" in ops) if scheme == "dynamic" else ("QuantizeLinear" in ops)
+    int8_weights = {i.name for i in model.graph.initializer
+                    if i.data_type == onnx.TensorProto.INT8 and "conv1x1.weight" in i.name
+                    and len(i.dims) == 2}                     # the weights, not zero points
+    assert len(int8_weights) == TINY["X"] * TINY["R"]        # every block's first 1x1 conv
+    float_fn, int8_fn = load_onnx(float_path), load_onnx(out)
+    assert int8_fn.settings == SETTINGS                     # consumers read the same settings
+    x = mixtures[0][None]
+    reference, got = float_fn(x), int8_fn(x)
+    snr = 10 * np.log10((reference ** 2).sum() / ((got - reference) ** 2).sum())
+    assert 5 < snr < 80                                       # quantized, and still close
+    # Kept in float: the encoder's weights stay a float32 initializer.
+    kept = quantize_onnx(float_path, str(tmp_path / "k.onnx"), scheme, mixtures,
+                         keep_float=["encoder"])
+
+    def float_encoder(m):
+        return any(i.name.startswith("encoder.weight") and i.data_type == onnx.TensorProto.FLOAT
+                   and len(i.dims) == 2 for i in m.graph.initializer)
+    assert float_encoder(onnx.load(kept)) and not float_encoder(model)
+
+
+def test_export_cli_quantizes(trained, tmp_path, monkeypatch, capsys):
+    data_dir = write_training_split(tmp_path)
+    status = run_export(monkeypatch, f"--config_path={trained}/config.yaml",
+                        f"--ckpt_file={trained}/tiny.ckpt", "--file_format=ONNX",
+                        "--quantize=static", "--calibration_mixtures=4", "--segment=0.5",
+                        f"--data_dir={data_dir}", f"--file_name={tmp_path}/out/m")
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert f"quantized {tmp_path}/out/m_int8_static.onnx (static;" in out
+    assert "checked: its output against the float model's on 2 training mixtures: SNR" in out
+    assert sorted(os.listdir(tmp_path / "out")) == ["m.onnx", "m_int8_static.onnx"]
+    status = run_export(monkeypatch, f"--config_path={trained}/config.yaml",
+                        f"--ckpt_file={trained}/tiny.ckpt", "--file_format=ONNX",
+                        "--quantize=static", f"--data_dir={tmp_path}/none",
+                        f"--file_name={tmp_path}/out2/m")
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "train-360/mix.json: not found; calibration reads the training split" in err
+
+
+def test_eval_of_onnx_model_equals_checkpoint(tmp_path, monkeypatch):
+    from src.evaluation.evaluate import run_evaluation
+    from train_helpers import TINY_MODEL, make_data_dir
+    from librimix_helpers import config
+
+    monkeypatch.setattr("src.model_utils.device.init_device", lambda cfg: None)  # set already
+    data_dir = make_data_dir(str(tmp_path))
+    net = random_net(seed=2, **{**TINY_MODEL, "norm_type": "BN"})
+    ms.save_checkpoint(net, str(tmp_path / "m.ckpt"))
+    onnx_path, _, _ = export_onnx(net, str(tmp_path / "m.onnx"),
+                                  {**SETTINGS, "L": TINY_MODEL["L"]}, lengths=(400,))
+    common = dict(TINY_MODEL, norm_type="BN", data_dir=data_dir, test_name="dev",
+                  eval_sdr="false")
+    summaries = []
+    for model in ("m.ckpt", "m.onnx"):
+        cfg = config(ckpt_file=str(tmp_path / model), output_dir=str(tmp_path / model[2:]),
+                     **common)
+        summaries.append(run_evaluation(cfg, log=lambda line: None)[1])
+    assert summaries[1]["utterances"] == summaries[0]["utterances"] == 2
+    assert abs(summaries[1]["si_snri"] - summaries[0]["si_snri"]) < 1e-3
+    cfg = config(ckpt_file=onnx_path, output_dir=str(tmp_path / "x"), **{**common, "L": 8})
+    with pytest.raises(UserError, match="L: .*m.onnx was exported with L = 4, the "
+                                        "configuration has 8"):
+        run_evaluation(cfg, log=lambda line: None)

@@ -1,4 +1,6 @@
-"""Exporting a trained network for deployment (MINDIR, AIR, ONNX) and checking the exported file.
+"""Exporting a trained network for deployment (MINDIR, AIR) and checking the exported file.
+
+ONNX is built and checked by src/deploy/onnx_export.py.
 
 The exported graph takes a mixture [1, T] and gives estimates [1, C, T]. With `input_length` 0 the
 time axis is dynamic (`Tensor(shape=[1, None])`): one MINDIR serves utterances of any length. With
@@ -40,8 +42,8 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
 
     `check(path)`, when given, is called on the exported file under its temporary name and may
     raise: the file is renamed into place only after it returned. AIR needs the Ascend toolkit
-    (device_target Ascend). Failures of the converter (an operator without an ONNX counterpart, a
-    dynamic shape in ONNX) are UserErrors that say why.
+    (device_target Ascend). Failures of the converter are UserErrors that say why. ONNX:
+    src/deploy/onnx_export.py.
     """
     import mindspore as ms
     if file_format not in EXTENSIONS:
@@ -50,9 +52,10 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
         raise UserError(f"file_format: AIR is written by the Ascend toolkit; run with "
                         f"--device_target=Ascend on an Ascend host (got {device_target}), or "
                         "export MINDIR")
-    if file_format == "ONNX" and input_length == 0:
-        raise UserError("input_length: MindSpore exports ONNX with fixed shapes only; "
-                        "pass --input_length=<samples>")
+    if file_format == "ONNX":
+        # MindSpore's converter has fixed shapes only and no rule for gLN's, cLN's and the
+        # decoder's operators: the ONNX graph is built by src/deploy/onnx_export.py instead.
+        raise ValueError("ONNX is written by src.deploy.onnx_export.export_onnx")
     example = export_input(input_length)
     extension = EXTENSIONS[file_format]
     stem = file_name[:-len(extension)] if file_name.lower().endswith(extension) else file_name
@@ -76,8 +79,6 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
         os.replace(tmp_stem + extension, path)
     except (RuntimeError, ValueError, TypeError) as err:
         why = _first_line(err)
-        if file_format == "ONNX":
-            why += " (MindSpore's ONNX converter lacks an operator of this graph; export MINDIR)"
         raise UserError(f"file_format: {file_format} export failed: {why}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

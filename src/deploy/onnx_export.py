@@ -7,10 +7,13 @@ src/model/conv_tasnet.py ("matmul"): the same function with the same weights, ev
 convolution a MatMul (which onnxruntime's int8 quantization handles best), and both the batch and
 the time axis dynamic:
 
-    mixture [batch, T] (T >= L) -> estimates [batch, C, T]
+    mixture [batch, T] (any T >= 1, as the network) -> estimates [batch, C, T]
 
 Inside, tensors are [batch, K, channels] with K encoder frames. The model's settings a consumer
 needs (sample rate, C, L) are stored in the file's metadata (`model_settings`).
+
+MindSpore 2.7: `import onnx` before `import mindspore` breaks MindSpore's import (protobuf
+descriptors), so the onnx package is imported inside the functions, after MindSpore.
 """
 import os
 
@@ -48,7 +51,7 @@ class _Graph:
     def op(self, op_type, inputs, hint=None, **attrs):
         """Add one node with one output; returns the output's name."""
         out = self.name(hint or op_type.lower())
-        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], **attrs))
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
         return out
 
     def slice(self, x, start, end, axis):
@@ -66,14 +69,17 @@ def _matrix(conv):
 
 def _linear(g, x, conv, hint):
     """x [batch, K, in] -> [batch, K, out]: a 1x1 convolution with its bias."""
-    y = g.op("MatMul", [x, g.const(_matrix(conv), f"{hint}.weight")])
+    # Node names start with the layer's name (nodes_to_exclude of int8 quantization).
+    y = g.op("MatMul", [x, g.const(_matrix(conv), f"{hint}.weight")], f"{hint}.matmul")
     if conv.has_bias:
-        y = g.op("Add", [y, g.const(_array(conv.bias), f"{hint}.bias")])
+        y = g.op("Add", [y, g.const(_array(conv.bias), f"{hint}.bias")], f"{hint}.add")
     return y
 
 
 def _prelu(g, x, prelu, hint):
-    return g.op("PRelu", [x, g.const(_array(prelu.w).reshape(1), f"{hint}.w")])
+    # PReLU with one slope is LeakyRelu with that slope: onnxruntime's PRelu broadcasts the
+    # slope through its generic broadcasting path, which is slower (benchmarks/README.md).
+    return g.op("LeakyRelu", [x], hint, alpha=float(_array(prelu.w).reshape(-1)[0]))
 
 
 def _norm(g, x, norm, hint):
@@ -86,11 +92,11 @@ def _norm(g, x, norm, hint):
         return g.op("Add", [g.op("Mul", [x, g.const(scale, f"{hint}.scale")]),
                             g.const(shift, f"{hint}.shift")])
     if isinstance(norm, GlobalLayerNorm):
-        gamma, beta = _array(norm.norm.gamma), _array(norm.norm.beta)
-        mean = g.op("ReduceMean", [x], axes=[1, 2], keepdims=1)
-        centred = g.op("Sub", [x, mean])
-        var = g.op("ReduceMean", [g.op("Mul", [centred, centred])], axes=[1, 2], keepdims=1)
-    elif isinstance(norm, CumulativeLayerNorm):
+        # LayerNormalization from axis 1 normalises over frames and channels together: gLN.
+        return g.op("LayerNormalization", [x, g.const(_array(norm.norm.gamma), f"{hint}.gamma"),
+                                           g.const(_array(norm.norm.beta), f"{hint}.beta")],
+                    hint, axis=1, epsilon=EPS)
+    if isinstance(norm, CumulativeLayerNorm):
         gamma, beta = _array(norm.gamma).reshape(-1), _array(norm.beta).reshape(-1)
         frames_axis = g.ints(1)
         channel_sum = g.op("ReduceSum", [x, g.ints(2)], keepdims=1)             # [batch, K, 1]
@@ -180,13 +186,14 @@ def build_onnx(net, settings=None):
     halves = g.op("Reshape", [x, g.ints(0, -1, S)])                           # [batch, K+1, S]
     framed = g.op("Concat", [g.slice(halves, 0, -1, 1), g.slice(halves, 1, TO_END, 1)], axis=2)
     basis = _array(net.encoder.weight).reshape(N, L).T                          # [L, N]
-    w = g.op("MatMul", [framed, g.const(basis, "encoder.weight")])             # [batch, K, N]
+    w = g.op("MatMul", [framed, g.const(basis, "encoder.weight")], "encoder.matmul")  # [b, K, N]
     if net.encoder_relu:
         w = g.op("Relu", [w])
     masks = _masks(g, w, net.separator)                                         # [batch, K, C, N]
     masked = g.op("Mul", [masks, g.op("Unsqueeze", [w, g.ints(2)])])
     synthesis = _array(net.decoder.weight).reshape(N, L)
-    segments = g.op("MatMul", [masked, g.const(synthesis, "decoder.weight")])  # [batch, K, C, L]
+    segments = g.op("MatMul", [masked, g.const(synthesis, "decoder.weight")],
+                    "decoder.matmul")                                           # [batch, K, C, L]
     segments = g.op("Transpose", [segments], perm=[0, 2, 1, 3])                # [batch, C, K, L]
     # Overlap-add with hop L/2: output hop k is the first half of frame k plus the second half
     # of frame k-1.
@@ -195,7 +202,7 @@ def build_onnx(net, settings=None):
     s = g.op("Reshape", [g.op("Add", [first, second]), g.ints(0, C, -1)])     # [batch, C, ...]
     end = g.op("Add", [length, g.ints(net.edge_pad)])
     g.nodes.append(helper.make_node("Slice", [s, g.ints(net.edge_pad), end, g.ints(2)],
-                                    [OUTPUT]))
+                                    [OUTPUT], name=OUTPUT))
     graph = helper.make_graph(
         g.nodes, "conv_tasnet",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", "T"])],
@@ -203,7 +210,8 @@ def build_onnx(net, settings=None):
         g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="conv_tasnet")
-    # onnxruntime 1.32 reads IR versions up to 11; onnx 1.23 writes 12 by default.
+    # The IR version of opset 17's time, so that older onnxruntime releases read the file too
+    # (onnx 1.23 writes its newest by default).
     model.ir_version = min(model.ir_version, 10)
     helper.set_model_props(model, {key: str(value) for key, value in (settings or {}).items()})
     return model
@@ -274,4 +282,41 @@ def run_onnx_export(cfg, net, log=print):
     log(f"checked: onnx.checker accepts it; onnxruntime gives the network's output at lengths "
         f"{', '.join(map(str, lengths))} (largest difference {worst:.3g} of the output's largest "
         "magnitude)")
+    if cfg.quantize != "none":
+        run_quantization(cfg, path, log)
     return path
+
+
+def run_quantization(cfg, float_path, log=print):
+    """export.py --quantize: the int8 model of `float_path`, with its output SNR against the
+    float model's on training mixtures (a check of the quantization, not a quality score)."""
+    import onnx
+
+    from src.deploy.onnx_quantize import quantize_onnx, training_mixtures
+    from src.deploy.onnx_runtime import load_onnx
+
+    # Dynamic quantization needs no data: training mixtures, where there are, only check it.
+    has_data = os.path.isfile(os.path.join(cfg.data_dir, cfg.train_name, "mix.json"))
+    if cfg.quantize == "static" and cfg.calibration_mixtures < 1:
+        raise UserError(f"calibration_mixtures: expected a number of mixtures >= 1, got "
+                        f"{cfg.calibration_mixtures}")
+    # Up to 4 more than the calibration takes, so that the check runs on other mixtures.
+    mixtures = (training_mixtures(cfg.data_dir, cfg.train_name, cfg.calibration_mixtures + 4,
+                                  cfg.segment, cfg.sample_rate)
+                if cfg.quantize == "static" or has_data else [])
+    mixtures, check = mixtures[:cfg.calibration_mixtures], mixtures[cfg.calibration_mixtures:]
+    out = float_path[:-len(".onnx")] + f"_int8_{cfg.quantize}.onnx"
+    quantize_onnx(float_path, out, cfg.quantize, mixtures, cfg.keep_float)
+    onnx.checker.check_model(out)
+    float_fn, int8_fn = load_onnx(float_path), load_onnx(out)
+    snr = []
+    for mixture in check:
+        reference = float_fn(mixture[None])
+        error = int8_fn(mixture[None]) - reference
+        snr.append(10 * np.log10((reference ** 2).sum() / max((error ** 2).sum(), 1e-20)))
+    log(f"quantized {out} ({cfg.quantize}; {os.path.getsize(out) / 1e6:.2f} MB, float "
+        f"{os.path.getsize(float_path) / 1e6:.2f} MB)")
+    if snr:
+        log(f"checked: its output against the float model's on {len(check)} training mixtures: "
+            f"SNR {np.mean(snr):.1f} dB")
+    return out
