@@ -68,8 +68,14 @@ def relative_error(actual, expected):
     return float(np.linalg.norm(actual - expected) / (scale if scale > 0 else 1.0))
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("variant", VARIANTS)
+# Every variant on every engine; two of them (the CPU default on gLN with skip, the plain cell
+# on causal cLN without skip) are fast enough for every run, the rest are marked slow.
+FAST = {("gln_skip_c2", "kernels"), ("cln_causal_noskip_c2", "conv")}
+CASES = [pytest.param(variant, engine, marks=() if (variant, engine) in FAST else pytest.mark.slow)
+         for variant in VARIANTS for engine in ENGINES]
+
+
+@pytest.mark.parametrize("variant,engine", CASES)
 def test_loss_and_gradients_match_asteroid(fixture, variant, engine):
     settings = json.loads(str(fixture[f"{variant}/config"]))
     net = build_engine(settings, engine)
@@ -117,15 +123,13 @@ def test_clipped_adam_matches_torch_on_recorded_gradients(fixture):
 
     nn.Adam adds eps to the uncorrected sqrt(v) (torch: to the bias-corrected one), so its step
     equals torch's with eps / sqrt(1 - beta2^t) in place of eps: the moments must match torch's
-    exactly, and the update torch's rescaled by that known factor."""
+    exactly, and the update torch's rescaled by that known factor. The updates depend on the
+    gradients only, so the weights start at zero and the updates are compared."""
     variant = VARIANTS[0]
     settings = json.loads(str(fixture[f"{variant}/config"]))
-    names = sorted(load_reference(build_engine(settings, "matmul"), fixture,
-                                  f"{variant}/step0/weight"))
-    weights0 = load_reference(build_engine(settings, "matmul"), fixture, f"{variant}/step0/weight")
-    net = LinearLoss([(n, weights0[n].shape) for n in names])
-    for param in net.weights:
-        param.set_data(ms.Tensor(weights0[param.name]))
+    names = [(n, w.shape) for n, w in sorted(load_reference(
+        build_engine(settings, "matmul"), fixture, f"{variant}/step0/weight").items())]
+    net = LinearLoss(names)
     lr, clip_norm = float(fixture["optimizer/lr"]), float(fixture["optimizer/clip_norm"])
     cfg = Config(dict(lr=lr, l2=0.0, optimizer="adam", momentum=0.9))
     step = TrainStep(net, make_optimizer(net, cfg), clip_norm=clip_norm)
@@ -137,7 +141,7 @@ def test_clipped_adam_matches_torch_on_recorded_gradients(fixture):
     clipped_steps = 0
     for k in range(STEPS):
         grads = load_reference(proxy, fixture, f"{variant}/step{k}/grad")
-        norm = np.sqrt(sum(float((grads[n].astype(np.float64) ** 2).sum()) for n in names))
+        norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
         clipped_steps += norm > clip_norm
         for param in net.recorded:
             param.set_data(ms.Tensor(grads[param.name[len("recorded."):]]))
@@ -151,20 +155,22 @@ def test_clipped_adam_matches_torch_on_recorded_gradients(fixture):
         after = load_reference(proxy, fixture, f"optimizer/step{k}/after")
         reference_before = load_reference(proxy, fixture, f"{variant}/step{k}/weight")
         correction2 = 1 - beta2 ** (k + 1)
+        # The clipping factor comes from a float32 sum of squares over every gradient on both
+        # sides, in different orders: it agrees to a few 1e-6, the squared moment to about 1e-5.
         for param in net.weights:
             n = param.name
-            np.testing.assert_allclose(moment1[f"moment1.{n}"], exp_avg[n], rtol=1e-5,
+            np.testing.assert_allclose(moment1[f"moment1.{n}"], exp_avg[n], rtol=1e-4,
                                        atol=1e-9, err_msg=n)
-            np.testing.assert_allclose(moment2[f"moment2.{n}"], exp_avg_sq[n], rtol=1e-5,
+            np.testing.assert_allclose(moment2[f"moment2.{n}"], exp_avg_sq[n], rtol=1e-4,
                                        atol=1e-12, err_msg=n)
             v_hat_sqrt = np.sqrt(exp_avg_sq[n] / correction2)
+            # torch's update is a difference of float32 weights: good to about one ulp of the
+            # largest weight of the tensor, hence the absolute tolerance.
+            ulp = float(np.spacing(np.abs(reference_before[n]).max()))
             torch_update = after[n] - reference_before[n]
             expected = torch_update * (v_hat_sqrt + eps) / (v_hat_sqrt + eps / np.sqrt(correction2))
             np.testing.assert_allclose(param.asnumpy() - before[n], expected, rtol=1e-3,
-                                       atol=1e-9, err_msg=n)
-        # Follow the reference's trajectory, so that every step starts from its weights.
-        for param in net.weights:
-            param.set_data(ms.Tensor(after[param.name]))
+                                       atol=2 * ulp, err_msg=f"{n} step {k}")
     assert 0 < clipped_steps < STEPS, "the fixture should hold clipped and unclipped steps"
 
 
