@@ -116,6 +116,9 @@ def asteroid_run(spec):
             optimizer.step()
             seconds += time.perf_counter() - started
             losses.append(loss.item())
+            if (step + 1) % 25 == 0:
+                print(f"asteroid seed {spec['seed']} epoch {len(history) + 1} step {step + 1}: "
+                      f"loss {np.mean(losses[-25:]):.4f}", flush=True)
         net.eval()
         with torch.inference_mode():
             valid = [loss_fn(net(torch.from_numpy(m)[None]), torch.from_numpy(s)[None]).item()
