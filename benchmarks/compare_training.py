@@ -241,8 +241,8 @@ def summarize_arms(records):
         table[arm] = {"seeds": [r["seed"] for r in runs]}
         for key in ("si_snri", "sdri", "final_train_loss", "final_valid_loss", "ms_per_step"):
             values = np.array([r[key] for r in runs], float)
-            table[arm][key] = dict(mean=round(float(values.mean()), 3),
-                                   std=round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 3),
+            spread = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            table[arm][key] = dict(mean=round(float(values.mean()), 3), std=round(spread, 3),
                                    min=round(float(values.min()), 3),
                                    max=round(float(values.max()), 3))
     return table
@@ -288,7 +288,8 @@ def main(argv=None):
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--dm_flags", default="--dynamic_mixing=true --speed_perturb=[0.95,1.0,1.05]",
+    parser.add_argument("--dm_flags",
+                        default="--dynamic_mixing=true --speed_perturb=[0.95,1.0,1.05]",
                         help="train.py flags of the mindspore_dm arm")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch threads")
     parser.add_argument("--results", default="benchmarks/results/compare_training.json")

@@ -1,10 +1,10 @@
 """Training parity with Asteroid: loss, every gradient and the optimizer, against the reference.
 
-The fixture (tests/fixtures/training_parity.npz) was written by tests/fixtures/make_training_parity.py
-running Asteroid 0.7.0 on torch 2.13.0: small ConvTasNets with randomized gains, biases and PReLU
-slopes, real-speech batches, and per step of a reference training trajectory the weights, the
-loss and every parameter's gradient; plus Adam's states and weights after each step on a recorded
-gradient sequence. Weights after many steps are not compared: two float32 implementations
+The fixture (tests/fixtures/training_parity.npz) was written by
+tests/fixtures/make_training_parity.py running Asteroid 0.7.0 on torch 2.13.0: small ConvTasNets
+with randomized gains, biases and PReLU slopes, real-speech batches, and per step of a reference
+training trajectory the weights, the loss and every parameter's gradient; plus Adam's states and
+weights after each step on a recorded gradient sequence. Weights after many steps are not compared: two float32 implementations
 diverge chaotically.
 """
 import json
