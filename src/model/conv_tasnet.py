@@ -32,6 +32,7 @@ rounding. An exported graph (MINDIR, ONNX) always holds MindSpore's own operator
 """
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.common.initializer import XavierNormal
 from mindspore.ops import functional as F
 
 from src.model import cpu_kernels
@@ -339,12 +340,16 @@ class ConvTasNet(nn.Cell):
             raise UserError(f"edge_pad: expected a number of samples >= 0, got {edge_pad}")
         self.edge_pad = edge_pad
         self.front_pad = (L - 1 if causal else 0) + edge_pad
-        self.encoder = nn.Conv1d(1, N, L, stride=self.stride, has_bias=False, pad_mode="valid")
+        # Filterbanks initialised as Asteroid's (xavier normal, std sqrt(2 / (L (N + 1)))): with
+        # MindSpore's default (normal, std 0.1) they start several times larger and Adam's
+        # steps, about lr whatever the scale, move them relatively that much more slowly.
+        self.encoder = nn.Conv1d(1, N, L, stride=self.stride, has_bias=False, pad_mode="valid",
+                                 weight_init=XavierNormal())
         self.encoder_relu = encoder_activation == "relu"
         self.separator = TemporalConvNet(N, B, H, Sc, P, X, R, C, norm_type, causal,
                                          mask_nonlinear)
         self.decoder = nn.Conv1dTranspose(N, 1, L, stride=self.stride, has_bias=False,
-                                          pad_mode="valid")
+                                          pad_mode="valid", weight_init=XavierNormal())
         # ops.Pad (constant paddings) rather than ops.pad (PadV3): the ONNX converter has no PadV3.
         self.input_pad = ops.Pad(((0, 0), (self.front_pad, edge_pad + L)))
         self.matmul = ops.MatMul()
