@@ -72,7 +72,8 @@ def causal_reference(params, mixture, L, X, R, C, mask_nonlinear="relu",
                                    + _vector(params, b + "skip_conv.bias"))
     features = _prelu(skip_sum if p + "blocks.0.skip_conv.weight" in params else x,
                       _vector(params, p + "mask_prelu.w"))
-    scores = features @ _weight(params, p + "mask_conv.weight").T + _vector(params, p + "mask_conv.bias")
+    scores = (features @ _weight(params, p + "mask_conv.weight").T
+              + _vector(params, p + "mask_conv.bias"))
     scores = scores.reshape(K, C, -1)                                             # [K, C, N]
     if mask_nonlinear == "relu":
         masks = np.maximum(scores, 0)
