@@ -91,18 +91,33 @@ class _Block:
         self.w_out, self.b_out = np.ascontiguousarray(np.concatenate(out, 1)), np.concatenate(bias)
         self.dilation = dilation
         P, H = self.taps.shape
+        # The depthwise history as a ring of the last (P-1)*dilation frames, oldest at `start`:
+        # a hop reads and writes only its own rows, not the whole history.
         self.history = np.zeros(((P - 1) * dilation, H), np.float32)
+        self.start = 0
+
+    def depthwise(self, u):
+        """The causal dilated depthwise convolution of the hop's frames u [M, H] -> [M, H]."""
+        M, d, D = len(u), self.dilation, len(self.history)
+        v = u * self.taps[-1] + self.dbias        # the last tap reads the current frame
+        for j in range(len(self.taps) - 1):
+            # Frame m reads input j*d + m of [history, u]: the first n from the history.
+            n = min(D - j * d, M)
+            rows = self.history[(self.start + j * d + np.arange(n)) % D]
+            if n < M:
+                rows = np.concatenate([rows, u[:M - n]])
+            v += rows * self.taps[j]
+        if M >= D:
+            self.history[:] = u[M - D:]
+            self.start = 0
+        else:
+            self.history[(self.start + np.arange(M)) % D] = u
+            self.start = (self.start + M) % D
+        return v
 
     def __call__(self, x, frames_before):
         u = self.norm1(_prelu(x @ self.w1 + self.b1, self.slope1), frames_before)
-        padded = np.concatenate([self.history, u]) if len(self.history) else u
-        M, d = len(u), self.dilation
-        v = padded[:M] * self.taps[0]
-        for j in range(1, len(self.taps)):
-            v += padded[j * d:j * d + M] * self.taps[j]
-        v += self.dbias
-        if len(self.history):
-            self.history = padded[M:].copy()
+        v = self.depthwise(u)
         v = self.norm2(_prelu(v, self.slope2), frames_before)
         out = v @ self.w_out + self.b_out
         return out[:, :self.B], out[:, self.B:]
