@@ -154,8 +154,9 @@ def main():
             rec["cpu_ratio_recompute_over_stream"] = rec["receptive_field"]["cpu_ms"] / (
                 1000 * float(np.median(cpu)))
             result["recompute"][f"{hop_ms:g}ms"] = rec
-        print(json.dumps({f"{hop_ms:g}ms": result["stream"][f"{hop_ms:g}ms"]}), file=sys.stderr,
-              flush=True)
+        print(json.dumps({f"{hop_ms:g}ms": result["stream"][f"{hop_ms:g}ms"],
+                          "recompute": result["recompute"].get(f"{hop_ms:g}ms")}),
+              file=sys.stderr, flush=True)
     if args.memory == "true":
         result["peak_rss_mb"] = {f"{s}s": peak_rss_mb(float(s), 16, sizes)
                                  for s in args.memory_seconds.split(",")}
