@@ -92,12 +92,19 @@ class CumulativeLayerNorm(nn.Cell):
         return y * broadcast_like(gamma, y) + broadcast_like(beta, y)
 
     def normalise(self, x, channel_axis, frame_axis):
-        cum_sum = ops.cumsum(x.sum(axis=channel_axis, keepdims=True), axis=frame_axis)
-        cum_pow_sum = ops.cumsum((x * x).sum(axis=channel_axis, keepdims=True), axis=frame_axis)
+        """x normalised with the running statistics of frames 0..k. The running sums, means and
+        variances ([batch, 1, K] or [batch, K, 1]) are float64: float32 running sums lose
+        precision as they grow, and on long signals the output drifts from an exact computation
+        (benchmarks/README.md). The streaming separator carries the same sums."""
+        frame_sum = x.sum(axis=channel_axis, keepdims=True).astype(ms.float64)
+        frame_pow_sum = (x * x).sum(axis=channel_axis, keepdims=True).astype(ms.float64)
+        cum_sum = ops.cumsum(frame_sum, axis=frame_axis)
+        cum_pow_sum = ops.cumsum(frame_pow_sum, axis=frame_axis)
         count = ops.cumsum(ops.ones_like(cum_sum), axis=frame_axis) * self.channels
         cum_mean = cum_sum / count
         cum_var = ops.relu(cum_pow_sum / count - cum_mean * cum_mean)
-        return (x - cum_mean) / ops.sqrt(cum_var + EPS)
+        cum_std = ops.sqrt(cum_var + EPS)
+        return (x - cum_mean.astype(ms.float32)) / cum_std.astype(ms.float32)
 
 
 class BatchNorm(nn.BatchNorm1d):

@@ -124,6 +124,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse_cli_value(text):
+    if text == "-":
+        return text  # standard input or output, not a YAML list
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
