@@ -12,26 +12,10 @@ from src.model_utils.config import load_config
 
 def main():
     cfg = load_config(description="Export a Conv-TasNet checkpoint to MINDIR, AIR or ONNX")
-    from src.model.checkpoint import load_network
-    from src.deploy.export import check_mindir, export_network
     from src.model_utils.device import init_device
-
+    from src.deploy.export import run_export
     init_device(cfg)
-    net = load_network(cfg)
-    path = export_network(net, cfg.file_name, cfg.file_format, cfg.input_length,
-                          cfg.device_target)
-    shape = "[1, T] for any T" if cfg.input_length == 0 else f"[1, {cfg.input_length}]"
-    print(f"exported {path} ({cfg.file_format}, input {shape})")
-    if cfg.file_format != "MINDIR":
-        print(f"not checked: MindSpore cannot load {cfg.file_format} back")
-        return
-    lengths = ([cfg.input_length] if cfg.input_length else
-               [cfg.sample_rate, cfg.sample_rate * 3 // 2 + 3])
-    worst = check_mindir(net, path, lengths)
-    if worst > 1e-4:
-        raise RuntimeError(f"{path}: the reloaded MINDIR differs from the network by {worst:.3g}")
-    print(f"checked: the reloaded MINDIR gives the network's output at lengths "
-          f"{', '.join(map(str, lengths))} (largest difference {worst:.3g})")
+    run_export(cfg)
 
 
 if __name__ == "__main__":

@@ -4,23 +4,16 @@
 
 Reads <infer_dir>/preprocess_Result and <infer_dir>/result_Files, stitches the chunks of each
 utterance, writes eval_results.csv and eval_summary.json to <infer_dir> and prints
-"Average SISNR improvement: X".
+"Average SISNR improvement: X". Runs no network, so sets up no device.
 """
-import os
-
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 
 
 def main():
     cfg = load_config(description="Score offline inference results (SI-SNRi)")
-    from src.evaluation.evaluate import summary_line, write_results
-    from src.deploy.infer_310 import PREPROCESS_DIR, RESULT_DIR, postprocess
-    rows, summary = postprocess(os.path.join(cfg.infer_dir, PREPROCESS_DIR),
-                                os.path.join(cfg.infer_dir, RESULT_DIR))
-    write_results(cfg.infer_dir, rows, summary)
-    print(summary_line(summary))
-    print(f"Average SISNR improvement: {summary['si_snri']:.4f}")
+    from src.deploy.infer_310 import run_postprocess
+    run_postprocess(cfg)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 training and evaluation read. Output layout: see src/data/librimix.py.
 
     python preprocess.py --in_dir=/data/LibriMix --out_dir=./data [--splits=[train-360,dev,test]]
+
+Runs no network, so sets up no device.
 """
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config

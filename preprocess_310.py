@@ -6,18 +6,16 @@
 The MINDIR's input shape decides the layout: whole utterances for a dynamic time axis, chunks
 zero-padded to its length for a fixed one. Output: <infer_dir>/preprocess_Result/.
 """
-import os
-
-from src.model_utils.errors import UserError, run_main
+from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 
 
 def main():
     cfg = load_config(description="Write test mixtures as .bin files for offline inference")
-    from src.deploy.infer_310 import PREPROCESS_DIR, write_310_inputs
-    if not cfg.mindir_path:
-        raise UserError("mindir_path: expected the exported MINDIR (--mindir_path=...)")
-    write_310_inputs(cfg, cfg.mindir_path, os.path.join(cfg.infer_dir, PREPROCESS_DIR))
+    from src.model_utils.device import init_device
+    from src.deploy.infer_310 import run_310_preprocess
+    init_device(cfg)
+    run_310_preprocess(cfg)
 
 
 if __name__ == "__main__":

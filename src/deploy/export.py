@@ -15,7 +15,6 @@ import numpy as np
 from src.model_utils.errors import UserError
 
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
-DYNAMIC = -1
 
 
 def export_input(input_length):
@@ -57,11 +56,11 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=".tmp-export-", dir=directory)
-    # The C++ kernels of the CPU formulation are a library of this machine: the file gets the
-    # same computation in MindSpore's operators.
-    formulation = getattr(net, "formulation", None)
-    if formulation == "kernels":
-        net.set_formulation("matmul")
+    # The C++ kernels of the CPU engine are a library of this machine: the file gets the same
+    # computation in MindSpore's operators.
+    kernels = getattr(net, "kernels", False)
+    if kernels:
+        net.set_kernels(False)
     try:
         tmp_stem = os.path.join(tmp_dir, "model")
         ms.export(net, example, file_name=tmp_stem, file_format=file_format)
@@ -73,8 +72,8 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
         raise UserError(f"file_format: {file_format} export failed: {why}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        if formulation == "kernels":
-            net.set_formulation(formulation)
+        if kernels:
+            net.set_kernels(True)
     return path
 
 
@@ -124,3 +123,26 @@ def check_mindir(net, path, lengths, seed=0):
             raise RuntimeError(f"{path}: output shape {got.shape}, the cell gives {expected.shape}")
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
+
+
+def run_export(cfg, log=print):
+    """export.py: export cfg.ckpt_file as cfg.file_format to cfg.file_name and, for a MINDIR,
+    check the reloaded file against the network. Returns the path written."""
+    from src.model.checkpoint import load_network
+
+    net = load_network(cfg)
+    path = export_network(net, cfg.file_name, cfg.file_format, cfg.input_length,
+                          cfg.device_target)
+    shape = "[1, T] for any T" if cfg.input_length == 0 else f"[1, {cfg.input_length}]"
+    log(f"exported {path} ({cfg.file_format}, input {shape})")
+    if cfg.file_format != "MINDIR":
+        log(f"not checked: MindSpore cannot load {cfg.file_format} back")
+        return path
+    lengths = ([cfg.input_length] if cfg.input_length else
+               [cfg.sample_rate, cfg.sample_rate * 3 // 2 + 3])
+    worst = check_mindir(net, path, lengths)
+    if worst > 1e-4:
+        raise RuntimeError(f"{path}: the reloaded MINDIR differs from the network by {worst:.3g}")
+    log(f"checked: the reloaded MINDIR gives the network's output at lengths "
+        f"{', '.join(map(str, lengths))} (largest difference {worst:.3g})")
+    return path

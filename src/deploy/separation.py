@@ -1,9 +1,9 @@
 """Separating a user's recordings: any readable format, rate and channel count, any length.
 
 A file is streamed: blocks are read with soundfile, downmixed to mono, resampled to the model's
-rate with a streaming soxr resampler, separated chunk by chunk (src.deploy.inference.stream_separate),
-resampled back to the file's rate and appended to `<name>_s1.wav` ... `<name>_sC.wav` (32-bit
-float WAV, so loud estimates are not clipped). Memory therefore depends on the chunk length, not on
+rate as a stream (src.data.audio.resample_stream), separated chunk by chunk
+(src.deploy.inference.stream_separate), resampled back to the file's rate and appended to
+`<name>_s1.wav` ... `<name>_sC.wav` (32-bit float WAV, so loud estimates are not clipped). Memory therefore depends on the chunk length, not on
 the length of the file. Outputs are written under temporary names and renamed when complete.
 """
 import contextlib
@@ -11,11 +11,11 @@ import os
 
 import numpy as np
 import soundfile as sf
-import soxr
 
+from src.data.audio import resample_stream
 from src.model_utils.atomic import atomic_output
 from src.model_utils.errors import UserError
-from src.deploy.inference import stream_separate
+from src.deploy.inference import chunk_settings, stream_separate
 
 READ_BLOCK = 1 << 16          # frames read from the input at a time
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
@@ -63,28 +63,6 @@ def _mono_blocks(audio, path):
             from None
 
 
-def _resampled(blocks, in_rate, out_rate, channels=1):
-    """Blocks ([n] or [C, n]) resampled from in_rate to out_rate as a stream."""
-    if in_rate == out_rate:
-        yield from blocks
-        return
-    stream = soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32", quality="HQ")
-    pending = None   # one block of look-ahead, so that the last one is flushed with last=True
-    for block in blocks:
-        if pending is not None:
-            yield _resample_block(stream, pending, False)
-        pending = block
-    if pending is not None:
-        yield _resample_block(stream, pending, True)
-
-
-def _resample_block(stream, block, last):
-    block = np.ascontiguousarray(block, np.float32)
-    if block.ndim == 1:
-        return stream.resample_chunk(block, last=last)
-    return stream.resample_chunk(np.ascontiguousarray(block.T), last=last).T
-
-
 def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, align, protected=()):
     """Separate one file into `<stem>_s1.wav` ... at the file's rate. Returns the written paths.
 
@@ -107,11 +85,11 @@ def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, ali
         if clash:
             raise UserError(f"{path}: its output {clash[0]} would overwrite an input; "
                             "choose another --output_dir")
-        mixture = _resampled(_mono_blocks(audio, path), rate, cfg.sample_rate)
+        mixture = resample_stream(_mono_blocks(audio, path), rate, cfg.sample_rate)
         fixed_length = getattr(model_fn, "max_samples", None) is not None
         estimates = stream_separate(model_fn, mixture, chunk_samples, overlap_samples, align,
                                     join_tail=not fixed_length)
-        estimates = _resampled(estimates, cfg.sample_rate, rate, channels=cfg.n_src)
+        estimates = resample_stream(estimates, cfg.sample_rate, rate, channels=cfg.n_src)
         with contextlib.ExitStack() as stack:
             sinks = []
             for output in outputs:
@@ -188,18 +166,10 @@ def separate_inputs(model_fn, cfg, chunk_samples, overlap_samples, align, log=pr
 
 
 def chunking(cfg):
-    """(chunk, overlap, align) in samples at the model's rate, from the configuration."""
-    chunk = int(round(cfg.separate_chunk_seconds * cfg.sample_rate))
-    if cfg.model_path.lower().endswith(".mindir") and cfg.input_length > 0:
-        chunk = cfg.input_length            # a fixed-length MINDIR takes exactly this much
-    overlap = int(round(cfg.chunk_overlap * cfg.sample_rate))
-    if 0 < chunk < 2 * cfg.L:
-        raise UserError(f"separate_chunk_seconds: {cfg.separate_chunk_seconds} s is shorter than "
-                        f"two encoder kernels (2 L = {2 * cfg.L} samples at {cfg.sample_rate} Hz)")
-    if overlap < 0 or (chunk > 0 and overlap >= chunk):
-        raise UserError(f"chunk_overlap: expected seconds >= 0 and shorter than a chunk "
-                        f"({chunk} samples), got {cfg.chunk_overlap}")
-    return chunk, overlap, cfg.L // 2
+    """(chunk, overlap, align) in samples at the model's rate for separate.py: chunks of
+    separate_chunk_seconds, or of input_length for a MINDIR exported with that fixed length."""
+    fixed = cfg.input_length if cfg.model_path.lower().endswith(".mindir") else 0
+    return chunk_settings(cfg, "separate_chunk_seconds", max(fixed, 0))
 
 
 def run_separation(cfg, log=print):

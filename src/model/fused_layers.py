@@ -1,6 +1,6 @@
-"""Fused layers, with hand-written gradients, of the frames-last ("matmul") Conv-TasNet formulation.
+"""Fused layers, with hand-written gradients, of the CPU engine (src/model/cpu_engine.py).
 
-In the frames-last formulation (see src/model/conv_tasnet.py) a block's tensors are [batch, K, H]. Two
+In the CPU engine a block's tensors are frames last, [batch, K, H]. Two
 chains of a block are one cell each, with a `bprop` that recomputes what it needs from the chain's
 input instead of keeping every intermediate tensor for the backward pass:
 
@@ -17,7 +17,7 @@ so the parameters stay where the model keeps them, under their usual names. The 
 written as sums over the last axis of 2-D views, the fast reductions of MindSpore's CPU kernels;
 autodiff of the same expressions reduces over leading axes, which is several times slower there.
 
-With `use_kernel(True)` (the "kernels" formulation on CPU) the forward pass of each of these cells
+With `use_kernel(True)` (the "kernels" engine) the forward pass of each of these cells
 is one C++ kernel (src/model/cpu_kernels.py); the backward pass stays as written here.
 
 Only primitives are called inside these cells: the functional wrappers (ops.relu, ops.zeros_like)
