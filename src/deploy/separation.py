@@ -3,8 +3,8 @@
 A file is streamed: blocks are read with soundfile, downmixed to mono, resampled to the model's
 rate as a stream (src.data.audio.resample_stream), separated chunk by chunk
 (src.deploy.inference.stream_separate), resampled back to the file's rate and appended to
-`<name>_s1.wav` ... `<name>_sC.wav` (32-bit float WAV, so loud estimates are not clipped). Memory therefore depends on the chunk length, not on
-the length of the file. Outputs are written under temporary names and renamed when complete.
+`<name>_s1.wav` ... `<name>_sC.wav` (32-bit float WAV, so loud estimates are not clipped).
+Memory therefore depends on the chunk length, not on the length of the file. Outputs are written under temporary names and renamed when complete.
 """
 import contextlib
 import os

@@ -210,14 +210,16 @@ class ConvTasNet(nn.Cell):
                                          mask_nonlinear)
         self.decoder = nn.Conv1dTranspose(N, 1, L, stride=self.stride, has_bias=False,
                                           pad_mode="valid")
-        # ops.Pad (constant paddings) rather than ops.pad (PadV3): the ONNX converter has no PadV3.
+        # MindSpore 2.7: ops.Pad (constant paddings) rather than ops.pad (PadV3): the ONNX
+        # converter has no PadV3.
         self.input_pad = ops.Pad(((0, 0), (self.front_pad, edge_pad + L)))
 
     def num_frames(self, length):
         """Encoder frames K for an input of `length` samples."""
         padded = length + self.front_pad + self.edge_pad
         # max(1, ceil((padded - L) / stride) + 1) with L = 2 * stride, written as integer
-        # arithmetic: with a dynamic time axis (set_inputs, or a MINDIR exported with
+        # arithmetic. MindSpore 2.7: with a dynamic time axis (set_inputs, or a MINDIR
+        # exported with
         # input_length 0) max() falls back to the Python interpreter and an `if` becomes a
         # switch that a reloaded MINDIR cannot run twice.
         frames = (padded - 1) // self.stride

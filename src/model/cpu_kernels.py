@@ -1,7 +1,7 @@
 """The C++ kernels of the CPU engine (src/model/kernels/conv_tasnet_cpu.cc) as MindSpore operators.
 
 Each kernel runs one chain of a convolutional block (PReLU, depthwise convolution, gLN) in two
-passes over its tensor, for graphs of any length: MindSpore 2.7's graph-kernel fusion works only
+passes over its tensor, for graphs of any length. MindSpore 2.7: graph-kernel fusion works only
 for static shapes, so the dynamic-length graph (eval.py) otherwise runs every elementwise
 operator as a kernel of its own (benchmarks/README.md).
 
