@@ -94,7 +94,7 @@ class ConvBlock(nn.Cell):
 
     def __init__(self, B, H, Sc, P, dilation, norm_type, causal):
         super().__init__()
-        self.H, self.P, self.dilation, self.norm_type = H, P, dilation, norm_type
+        self.H, self.P, self.dilation = H, P, dilation
         self.conv1x1 = conv1x1(B, H)
         self.prelu1 = nn.PReLU()
         self.norm1 = make_norm(norm_type, H)
