@@ -9,6 +9,7 @@ activation, from --X, --mask_nonlinear ... as they are not recorded). The file i
 running code from it, and torch is not needed. Writes <dst> and <dst without .ckpt>.yaml. Runs no
 network (the weights are only mapped and saved), so sets up no device and compiles nothing.
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model.convert import run_conversion
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config

@@ -3,9 +3,12 @@
     python export.py --config_path=<output_dir>/config.yaml --ckpt_file=<checkpoint> \
         [--file_name=conv_tasnet] [--file_format=MINDIR] [--input_length=0]
 
---input_length=0 exports a dynamic time axis (any length); a number of samples fixes it. A MINDIR
-is loaded back and checked against the network's own output.
+--input_length=0 exports a dynamic time axis (any length); a number of samples (at least L) fixes
+it. A MINDIR is loaded back and checked against the network's own output before it is renamed
+into place: a file that fails its check is never published. An ONNX model is checked by
+onnx.checker and run by onnxruntime against the network (src/deploy/onnx_export.py).
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 

@@ -4,6 +4,7 @@ the MINDIR, written where the Ascend 310 app writes its results.
     python infer_cpu.py --config_path=<config.yaml> --mindir_path=conv_tasnet.mindir \
         [--infer_dir=./infer_310]
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.config import load_config
 from src.model_utils.errors import run_main
 

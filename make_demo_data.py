@@ -4,6 +4,7 @@
 
 Prints the Libri<C>Mix folder it wrote.
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 import argparse
 
 from src.data.demo_data import SPLITS, make_demo_librimix

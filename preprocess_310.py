@@ -5,7 +5,9 @@
 
 The MINDIR's input shape decides the layout: whole utterances for a dynamic time axis, chunks
 zero-padded to its length for a fixed one. Output: <infer_dir>/preprocess_Result/.
+With --check_inputs_only=true it writes nothing and checks the sizes of the files written before.
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 

@@ -10,6 +10,7 @@ separate_chunk_seconds). Writes <name>_s1.wav ... at the input's rate into outpu
 cannot be separated is reported in one line and the others are still processed; the exit status
 is then 2.
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 from src.model_utils.device import init_device

@@ -4,6 +4,7 @@ One device:  python train.py --data_dir=./data --output_dir=./output [--device_t
 Resume:      python train.py ... --resume=auto      (or --resume=path/to/conv_tasnet-last.ckpt)
 Several:     bash scripts/run_distribute_train.sh RANK_SIZE [RANK_TABLE_FILE] [CONFIG_PATH]
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 from src.model_utils.device import init_device

@@ -3,9 +3,9 @@
 Input: LibriSpeech utterances named `<speaker>-<chapter>-<utterance>.flac` (or .wav), any rate.
 Output: the layout the LibriMix generator writes (and preprocess.py reads), min mode, sep_clean:
 ```
-<out_dir>/Libri2Mix/wav<k>k/min/{train-360,dev}/{mix_clean,s1,s2}/<utt1>_<utt2>.wav
+<out_dir>/Libri2Mix/wav<k>k/min/{train-360,dev[,test]}/{mix_clean,s1,s2}/<utt1>_<utt2>.wav
 ```
-The speakers are split at random between train-360 and dev (disjoint). Each mixture pairs two
+The speakers are split at random between train-360, dev and (with `--test_speakers`) test, disjoint. Each mixture pairs two
 utterances of different speakers of its split (no pair twice), resampled to `--sample_rate`, and
 mixes them as LibriMix does (src.data.demo_data.mix_sources: a random level in [-33, -25] dB per
 utterance, both cut to the shorter, scaled down together when the sum would clip); 16-bit WAVs.
@@ -14,7 +14,7 @@ The set is built under a temporary name and renamed into place; an existing one 
 
     python benchmarks/make_minilibrimix.py --librispeech DIR --out_dir DIR [--dev_speakers 50]
         [--train_mixtures 100] [--dev_mixtures 50] [--dev_max_seconds 0] [--sample_rate 8000]
-        [--seed 0]
+        [--test_speakers 0] [--test_mixtures 50] [--seed 0]
 """
 import argparse
 import glob
@@ -83,6 +83,9 @@ def main():
     parser.add_argument("--dev_max_seconds", type=float, default=0.0,
                         help="cut the dev mixtures to at most this long (0: whole; shorter "
                              "validation when it runs often)")
+    parser.add_argument("--test_speakers", type=int, default=0,
+                        help="speakers of a test split (0: no test split); whole mixtures")
+    parser.add_argument("--test_mixtures", type=int, default=50)
     parser.add_argument("--sample_rate", type=int, default=8000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -94,16 +97,24 @@ def main():
     speakers = sorted({speaker_of(u) for u in paths})
     if not 2 <= args.dev_speakers <= len(speakers) - 2:
         raise UserError(f"--dev_speakers: expected 2 .. {len(speakers) - 2}, got {args.dev_speakers}")
+    if args.test_speakers and not 2 <= args.test_speakers <= len(speakers) - args.dev_speakers - 2:
+        raise UserError(f"--test_speakers: expected 0 or 2 .. "
+                        f"{len(speakers) - args.dev_speakers - 2}, got {args.test_speakers}")
     rng = np.random.default_rng(args.seed)
     dev = set(rng.choice(speakers, size=args.dev_speakers, replace=False).tolist())
+    # Drawn after dev, so that a set made without a test split keeps its dev speakers.
+    test = set(rng.choice(sorted(set(speakers) - dev), size=args.test_speakers,
+                          replace=False).tolist()) if args.test_speakers else set()
     audio = {u: read_audio(p, args.sample_rate, resample=True)[0].astype(np.float64)
              for u, p in paths.items()}
     tmp = f"{final}.tmp-{os.getpid()}"
     try:
         dev_samples = int(args.dev_max_seconds * args.sample_rate) or None
-        for split, count, chosen, cut in (
-                ("train-360", args.train_mixtures, set(speakers) - dev, None),
-                ("dev", args.dev_mixtures, dev, dev_samples)):
+        splits = [("train-360", args.train_mixtures, set(speakers) - dev - test, None),
+                  ("dev", args.dev_mixtures, dev, dev_samples)]
+        if test:
+            splits.append(("test", args.test_mixtures, test, None))
+        for split, count, chosen, cut in splits:
             pairs = draw_pairs([u for u in paths if speaker_of(u) in chosen], count, rng)
             write_split(os.path.join(tmp, split), pairs, audio, args.sample_rate, rng, cut)
             print(f"{split}: {count} mixtures of {len(chosen)} speakers")

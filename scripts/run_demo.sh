@@ -32,6 +32,8 @@ read -r -a FLAGS <<< "${DEMO_FLAGS:-}"
 if [ -n "${DEMO_EPOCHS:-}" ]; then FLAGS+=("--epochs=$DEMO_EPOCHS"); fi
 
 source "$ROOT/scripts/setup_env.sh"
+# The steps run by the other scripts use the demo's .venv too, whatever PYTHON was before.
+export PYTHON="$ROOT/.venv/bin/python"
 cd "$ROOT"
 mkdir -p "$DEMO_DIR"
 declare -a STEP_NAMES STEP_SECONDS
@@ -58,12 +60,12 @@ SEPARATED="$DEMO_DIR/separated"
 
 make_data() {
     if [ -f "$LIBRIMIX/demo_librimix.json" ]; then echo "reusing $LIBRIMIX"; return; fi
-    python make_demo_data.py --out_dir "$DEMO_DIR/librimix" --seed "$SEED" --sizes "$SIZES" \
+    "$PYTHON" make_demo_data.py --out_dir "$DEMO_DIR/librimix" --seed "$SEED" --sizes "$SIZES" \
         --cross_gender
 }
 run_preprocess() {
     if [ -f "$DATA/test/info.json" ]; then echo "reusing $DATA"; return; fi
-    python preprocess.py --config_path="$CONFIG" --in_dir="$LIBRIMIX" --out_dir="$DATA" \
+    "$PYTHON" preprocess.py --config_path="$CONFIG" --in_dir="$LIBRIMIX" --out_dir="$DATA" \
         --splits="[train-360,dev,test]"
 }
 run_train() {
@@ -75,12 +77,12 @@ run_train() {
     touch "$TRAIN/done"
 }
 run_eval() {
-    python eval.py --config_path="$TRAIN/config.yaml" --ckpt_file="$TRAIN/conv_tasnet-best.ckpt" \
+    "$PYTHON" eval.py --config_path="$TRAIN/config.yaml" --ckpt_file="$TRAIN/conv_tasnet-best.ckpt" \
         --data_dir="$DATA" --output_dir="$EVAL" --save_wav=2 "${FLAGS[@]}"
 }
 run_export() {
     mkdir -p "$EXPORT"
-    python export.py --config_path="$TRAIN/config.yaml" \
+    "$PYTHON" export.py --config_path="$TRAIN/config.yaml" \
         --ckpt_file="$TRAIN/conv_tasnet-best.ckpt" --file_name="$EXPORT/conv_tasnet" "${FLAGS[@]}"
 }
 run_infer() {
@@ -93,7 +95,7 @@ run_export_and_infer() {
 run_separate() {
     local mixture
     mixture=$(ls "$LIBRIMIX/test/mix_clean/"*.wav | head -n 1)
-    python separate.py --config_path="$TRAIN/config.yaml" \
+    "$PYTHON" separate.py --config_path="$TRAIN/config.yaml" \
         --model_path="$TRAIN/conv_tasnet-best.ckpt" --input="$mixture" \
         --output_dir="$SEPARATED" --plot=true "${FLAGS[@]}"
 }
@@ -105,16 +107,18 @@ step "4. evaluate" run_eval
 step "5. export + 310 pipeline (CPU)" run_export_and_infer
 step "6. separate" run_separate
 
-python - "$EVAL/eval_test/eval_summary.json" "$INFER/acc.log" <<'EOF' > "$DEMO_DIR/summary.txt"
+# The summary is built in full, then written once and shown once (appending to the file while
+# reading it showed its heading twice).
+SCORES=$("$PYTHON" - "$EVAL/eval_test/eval_summary.json" "$INFER/acc.log" <<'EOF'
 import json, sys
 from src.evaluation.evaluate import summary_line
 print("eval.py on the test split: " + summary_line(json.load(open(sys.argv[1]))))
 print("310 pipeline (CPU): " + open(sys.argv[2]).read().strip().splitlines()[-1])
 EOF
+)
 {
-    echo
     echo "=== demo summary"
-    cat "$DEMO_DIR/summary.txt"
+    echo "$SCORES"
     echo "outputs:"
     echo "  demo LibriMix      $LIBRIMIX"
     echo "  JSON + MindRecord  $DATA"
@@ -127,4 +131,7 @@ EOF
     for i in "${!STEP_NAMES[@]}"; do
         printf '  %-34s %4d s\n' "${STEP_NAMES[$i]}" "${STEP_SECONDS[$i]}"
     done
-} | tee -a "$DEMO_DIR/summary.txt"
+} > "$DEMO_DIR/.summary.txt.tmp"
+mv "$DEMO_DIR/.summary.txt.tmp" "$DEMO_DIR/summary.txt"
+echo
+cat "$DEMO_DIR/summary.txt"

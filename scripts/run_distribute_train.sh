@@ -16,6 +16,8 @@
 # RANK_SIZE), RANK_START (its first rank, default 0) and DEVICE_START (its first device index,
 # default 0)); with msrun, output_dir/msrun/worker_<i>.log and the launcher's output_dir/msrun.log
 # (MASTER_PORT: the scheduler's port, default a free one). WAIT=1 runs in the foreground.
+# Runs the Python of the environment it is started in (PYTHON chooses another; see scripts/env.sh);
+# msrun's workers run it through output_dir/msrun/bin/python.
 set -u
 USAGE="Usage: bash $0 [RANK_SIZE] [RANK_TABLE_FILE] [CONFIG_PATH] [--key=value ...]"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +45,7 @@ if [ -n "$RANK_TABLE" ] && [ "$DEVICE_TARGET" != "Ascend" ]; then
     fail "RANK_TABLE_FILE: an HCCL rank table is for Ascend, device_target is $DEVICE_TARGET" \
          "(give \"\" to launch with msrun)"
 fi
+require_data_dir
 # Absolute paths: with a rank table every process runs in its own folder.
 ARGS=(--config_path="$CONFIG_PATH" "$@" --output_dir="$OUTPUT_DIR" --data_dir="$DATA_DIR"
       --distribute=true)
@@ -60,7 +63,8 @@ if [ -n "$RANK_TABLE" ]; then
         RUN_DIR="$OUTPUT_DIR/device$DEVICE_ID"
         mkdir -p "$RUN_DIR"
         pushd "$RUN_DIR" > /dev/null
-        nohup python "$ROOT/train.py" --device_id="$DEVICE_ID" "${ARGS[@]}" \
+        echo "$ENVIRONMENT" >> "$RUN_DIR/train.log"
+        nohup "$PYTHON" "$ROOT/train.py" --device_id="$DEVICE_ID" "${ARGS[@]}" \
             >> "$RUN_DIR/train.log" 2>&1 &
         PIDS+=($!)
         popd > /dev/null
@@ -76,12 +80,18 @@ fi
 
 PORT=${MASTER_PORT:-$(free_port)}
 LOG="$OUTPUT_DIR/msrun.log"
-launch "$LOG" msrun --worker_num="$RANK_SIZE" --local_worker_num="$RANK_SIZE" \
+# msrun starts its workers with the `python` found on PATH: make that one PYTHON.
+WORKER_BIN="$OUTPUT_DIR/msrun/bin"
+mkdir -p "$WORKER_BIN" || exit 1
+printf '#!/bin/sh\nexec %q "$@"\n' "$(realpath -s -- "$(command -v "$PYTHON")")" \
+    > "$WORKER_BIN/python" && chmod +x "$WORKER_BIN/python" || exit 1
+PATH="$WORKER_BIN:$PATH" launch "$LOG" "$PYTHON" -m mindspore.parallel.cluster.run \
+    --worker_num="$RANK_SIZE" --local_worker_num="$RANK_SIZE" \
     --master_port="$PORT" --log_dir="$OUTPUT_DIR/msrun" --join=True \
     "$ROOT/train.py" "${ARGS[@]}"
 status=$?
 if [ "${WAIT:-0}" == "1" ]; then
-    tail -n 3 "$LOG"
+    if [ $status -eq 0 ]; then tail -n 3 "$LOG"; fi
     exit $status
 fi
 echo "training on $RANK_SIZE devices with msrun in the background (pid $LAUNCHED_PID)"

@@ -9,6 +9,7 @@
 # Results: <output_dir>/eval_<test_name>/eval_results.csv and eval_summary.json; the log is
 # <output_dir>/eval_<checkpoint name>.log (a stopped run resumes and continues it).
 # WAIT=1 runs in the foreground and returns eval.py's exit status.
+# Runs the Python of the environment it is started in (PYTHON chooses another; see scripts/env.sh).
 set -u
 
 if [ $# -lt 2 ]; then
@@ -33,11 +34,11 @@ resolve_dirs "$CONFIG_PATH" "$@"
 
 NAME=$(basename "$CKPT_FILE")
 LOG="$OUTPUT_DIR/eval_${NAME%.*}.log"
-launch "$LOG" python "$ROOT/eval.py" --config_path="$CONFIG_PATH" --ckpt_file="$CKPT_FILE" \
+launch "$LOG" "$PYTHON" "$ROOT/eval.py" --config_path="$CONFIG_PATH" --ckpt_file="$CKPT_FILE" \
     --data_dir="$DATA_PATH" --device_id="$DEVICE_ID" "$@"
 status=$?
 if [ "${WAIT:-0}" == "1" ]; then
-    tail -n 2 "$LOG"
+    if [ $status -eq 0 ]; then tail -n 2 "$LOG"; fi
     exit $status
 fi
 echo "evaluating in the background (pid $LAUNCHED_PID); log: $LOG"

@@ -13,7 +13,10 @@
 #   DEVICE_TARGET    Ascend (default) or CPU
 #   CONFIG_PATH      the configuration the model was trained with (default: default_config.yaml)
 #   INFER_DIR        working folder for inputs, results and logs (default: ./infer_310)
-#   PYTHON           the Python with MindSpore (default: the project's .venv, else python3)
+#   SAVE_WAV         postprocess also writes the separated sources of this many utterances to
+#                    INFER_DIR/wav (default: none)
+#   PYTHON           the Python with MindSpore (default: that of the environment the script is
+#                    started in; see scripts/env.sh)
 #   ASCEND_HOME_PATH the Ascend toolkit (default: /usr/local/Ascend/ascend-toolkit/latest)
 set -u
 
@@ -37,11 +40,7 @@ DEVICE_TARGET=${DEVICE_TARGET:-Ascend}
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONFIG_PATH=$(abs_path "${CONFIG_PATH:-$ROOT/default_config.yaml}")
 INFER_DIR=$(abs_path "${INFER_DIR:-./infer_310}")
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
-fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export GLOG_v="${GLOG_v:-3}"
+source "$ROOT/scripts/env.sh" --script || exit 1
 
 if [ ! -f "$MINDIR_PATH" ]; then echo "error: $MINDIR_PATH: MINDIR file not found" >&2; exit 1; fi
 if [ ! -d "$DATA_PATH" ]; then echo "error: $DATA_PATH: data folder not found" >&2; exit 1; fi
@@ -61,15 +60,25 @@ if [ "$DEVICE_TARGET" != "Ascend" ] && [ "$DEVICE_TARGET" != "CPU" ]; then
 fi
 mkdir -p "$INFER_DIR" || exit 1
 COMMON=(--config_path="$CONFIG_PATH" --mindir_path="$MINDIR_PATH" --infer_dir="$INFER_DIR")
+RESULT_PATH="$INFER_DIR/result_Files"
+# The results of an earlier run go first: a run that fails must not leave a score that looks current.
+rm -rf "$RESULT_PATH" "$INFER_DIR/acc.log" "$INFER_DIR/eval_results.csv" \
+    "$INFER_DIR/eval_summary.json" || exit 1
 
-# run_step NAME LOG COMMAND...: runs the command with its output in LOG; stops the script on failure.
+# run_step NAME LOG COMMAND...: runs the command with its output in LOG; stops the script on failure
+# with the step's own one-line error when it wrote one, else with the end of LOG.
 run_step() {
-    local name=$1 log=$2
+    local name=$1 log=$2 last
     shift 2
     echo "$name ... (log: $log)"
     if ! "$@" > "$log" 2>&1; then
-        echo "error: $name failed; the end of $log:" >&2
-        tail -n 5 "$log" >&2
+        last=$(grep '^error: ' "$log" | tail -n 1)
+        if [ -n "$last" ]; then
+            echo "error: $name: ${last#error: }" >&2
+        else
+            echo "error: $name failed; the end of $log:" >&2
+            tail -n 5 "$log" >&2
+        fi
         exit 1
     fi
 }
@@ -87,6 +96,12 @@ if [ "$DEVICE_TARGET" == "Ascend" ]; then
     fi
 fi
 
+# After the toolkit's set_env.sh: an Ascend build of MindSpore needs it to import.
+"$PYTHON" -c 'import sys
+from src.model_utils.environment import environment_line
+from src.model_utils.errors import run_main
+print(run_main(environment_line, sys.argv[1]))' "$DEVICE_TARGET" || exit 2
+
 if [ "$NEED_PREPROCESS" == "y" ]; then
     run_step "preprocess" "$INFER_DIR/preprocess.log" \
         "$PYTHON" "$ROOT/preprocess_310.py" "${COMMON[@]}" --data_dir="$DATA_PATH"
@@ -95,11 +110,13 @@ elif [ ! -f "$INFER_DIR/preprocess_Result/manifest.json" ]; then
     exit 1
 fi
 
-RESULT_PATH="$INFER_DIR/result_Files"
-rm -rf "$RESULT_PATH"
+# A .bin cut short would crash the inference app: its size is checked against the manifest first.
+run_step "check inputs" "$INFER_DIR/check.log" \
+    "$PYTHON" "$ROOT/preprocess_310.py" "${COMMON[@]}" --check_inputs_only=true
+
 if [ "$DEVICE_TARGET" == "Ascend" ]; then
-    MINDSPORE_PATH=$("$PYTHON" -c "import os, mindspore; print(os.path.dirname(mindspore.__file__))") || {
-        echo "error: $PYTHON cannot import mindspore" >&2; exit 1; }
+    MINDSPORE_PATH=$("$PYTHON" -c "import os, mindspore; print(os.path.dirname(mindspore.__file__))") \
+        || exit 1
     run_step "build" "$INFER_DIR/build.log" bash "$ROOT/ascend310_infer/build.sh" "$MINDSPORE_PATH"
     run_step "infer" "$INFER_DIR/infer.log" "$ROOT/ascend310_infer/out/main" \
         --mindir_path="$MINDIR_PATH" --input_path="$INFER_DIR/preprocess_Result/00_data" \
@@ -110,5 +127,6 @@ else
 fi
 tail -n 1 "$INFER_DIR/infer.log"
 
-run_step "postprocess" "$INFER_DIR/acc.log" "$PYTHON" "$ROOT/postprocess.py" "${COMMON[@]}"
+run_step "postprocess" "$INFER_DIR/acc.log" "$PYTHON" "$ROOT/postprocess.py" "${COMMON[@]}" \
+    ${SAVE_WAV:+"--save_wav=$SAVE_WAV"}
 cat "$INFER_DIR/acc.log"

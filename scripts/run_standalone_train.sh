@@ -9,6 +9,7 @@
 #                --resume=auto
 # Checkpoints, curves, config.yaml and the log train.log go to the configured output_dir.
 # WAIT=1 runs in the foreground and returns train.py's exit status.
+# Runs the Python of the environment it is started in (PYTHON chooses another; see scripts/env.sh).
 set -u
 USAGE="Usage: bash $0 [DEVICE_ID] [CONFIG_PATH] [--key=value ...]"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,13 +31,14 @@ fi
 CONFIG_PATH=$(realpath -- "$CONFIG_PATH")
 source "$ROOT/scripts/train_common.sh"
 resolve_dirs "$CONFIG_PATH" "$@"
+require_data_dir
 
 LOG="$OUTPUT_DIR/train.log"
-launch "$LOG" python "$ROOT/train.py" --config_path="$CONFIG_PATH" --device_id="$DEVICE_ID" \
+launch "$LOG" "$PYTHON" "$ROOT/train.py" --config_path="$CONFIG_PATH" --device_id="$DEVICE_ID" \
     --distribute=false "$@"
 status=$?
 if [ "${WAIT:-0}" == "1" ]; then
-    tail -n 3 "$LOG"
+    if [ $status -eq 0 ]; then tail -n 3 "$LOG"; fi
     exit $status
 fi
 echo "training on device $DEVICE_ID in the background (pid $LAUNCHED_PID); log: $LOG"

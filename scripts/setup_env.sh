@@ -1,21 +1,29 @@
 #!/bin/bash
-# Creates .venv in the project root if absent and installs requirements.txt (and pytest when
-# asked with "test"). Idempotent: a second run installs nothing new. Sourced by the other scripts.
-set -e
-PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$PROJECT_ROOT/.venv"
-PYTHON_BIN="${PYTHON:-python3}"
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "creating $VENV"
-    "$PYTHON_BIN" -m venv "$VENV"
-fi
-STAMP="$VENV/.requirements.sha"
-WANT="$(cat "$PROJECT_ROOT/requirements.txt" "$PROJECT_ROOT/requirements-test.txt" 2>/dev/null | sha1sum | cut -d' ' -f1)"
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-    "$VENV/bin/python" -m pip install -q -r "$PROJECT_ROOT/requirements.txt" -r "$PROJECT_ROOT/requirements-test.txt"
-    echo "$WANT" > "$STAMP"
-fi
-export PATH="$VENV/bin:$PATH"
-export PYTHONPATH="$PROJECT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-# MindSpore's C++ warnings (GLOG) drown the logs of a CPU run; errors still show.
-export GLOG_v="${GLOG_v:-3}"
+# Creates .venv in the project root if absent, installs requirements.txt and requirements-test.txt
+# into it (idempotent: a second run installs nothing), puts it first on PATH and sets up the rest as
+# scripts/env.sh does. run_tests.sh and run_demo.sh source it, for a fresh machine;
+# `source scripts/setup_env.sh` gives your shell the same environment. It leaves no shell option
+# and no variable but PATH, PYTHONPATH and GLOG_v. The other scripts never make a .venv: they run
+# in the environment they are started in (see scripts/env.sh).
+__conv_tasnet_setup() {
+    local root venv stamp want
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" || return 1
+    venv="$root/.venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "creating $venv"
+        "${PYTHON:-python3}" -m venv "$venv" || return 1
+    fi
+    stamp="$venv/.requirements.sha"
+    want="$(cat "$root/requirements.txt" "$root/requirements-test.txt" 2>/dev/null | sha1sum | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        "$venv/bin/python" -m pip install -q -r "$root/requirements.txt" \
+            -r "$root/requirements-test.txt" || return 1
+        echo "$want" > "$stamp"
+    fi
+    case ":$PATH:" in
+        *":$venv/bin:"*) ;;
+        *) export PATH="$venv/bin:$PATH" ;;
+    esac
+    source "$root/scripts/env.sh"
+}
+if __conv_tasnet_setup; then unset -f __conv_tasnet_setup; else unset -f __conv_tasnet_setup; false; fi

@@ -38,8 +38,8 @@ def torch_zip(path, data_pkl, entries=()):
     ("asteroid_serialized", [], dict(norm_type="gLN", mask_nonlinear="relu", edge_pad=0)),
     ("asteroid_state_dict", ["--X=2", "--mask_nonlinear=sigmoid"],
      dict(norm_type="BN", mask_nonlinear="sigmoid", edge_pad=0)),
-    ("torchaudio_state_dict", ["--X=2"], dict(norm_type="gLN", mask_nonlinear="sigmoid",
-                                              edge_pad=4)),
+    ("torchaudio_state_dict", ["--X=2", "--mask_nonlinear=sigmoid"],
+     dict(norm_type="gLN", mask_nonlinear="sigmoid", edge_pad=4)),
 ])
 def test_converted_model_reproduces_library_outputs(tmp_path, name, flags, expected):
     dst = str(tmp_path / f"{name}.ckpt")
@@ -171,7 +171,7 @@ def test_settings_a_state_dict_does_not_record(tmp_path):
     kind, settings, assumed, _ = convert(fixture("torchaudio_state_dict.pth"),
                                          str(tmp_path / "t.ckpt"), load_config(["--X=4"]))
     assert kind == "torchaudio" and (settings["X"], settings["R"]) == (4, 1)
-    assert set(assumed) == {"X", "sample_rate"}
+    assert set(assumed) == {"X", "mask_nonlinear", "sample_rate"}
     _, _, assumed, _ = convert(fixture("asteroid_serialized.pth"), str(tmp_path / "a.ckpt"),
                                load_config(["--X=4"]))
     assert assumed == ()                                    # everything read from model_args

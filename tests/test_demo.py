@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 
+import pytest
 import soundfile as sf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -12,10 +13,14 @@ TINY = "--N=16 --B=8 --H=16 --Sc=8 --X=2 --R=1 --segment=1.0"
 
 def run_demo(demo_dir):
     env = dict(os.environ, DEMO_SIZES="8,4,4", DEMO_EPOCHS="1", DEMO_FLAGS=TINY)
-    return subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_demo.sh"), str(demo_dir)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_demo.sh"), str(demo_dir)],
+                            cwd=ROOT, env=env, capture_output=True, timeout=900)
+    # decoded here, not with text=True, whose newline translation would hide carriage returns
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    return result
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     demo = tmp_path / "demo"
     result = run_demo(demo)
@@ -38,6 +43,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert sf.info(str(estimate)).frames == sf.info(str(mixture)).frames
     for step in ("1. demo LibriMix", "2. preprocess", "3. train", "4. evaluate", "6. separate"):
         assert re.search(re.escape(step) + r"\s+\d+ s", summary), step
+    # one summary, and a log a file can hold: progress as lines, no bar redrawn with "\r"
+    assert summary.count("=== demo summary") == result.stdout.count("=== demo summary") == 1
+    logs = [demo / "train" / "train.log"] + sorted((demo / "infer").glob("*.log"))
+    for text in [result.stdout + result.stderr] + [p.read_bytes().decode() for p in logs]:
+        assert "\r" not in text
 
     # A second run reuses the finished data, preprocessing and training.
     again = run_demo(demo)

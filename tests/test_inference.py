@@ -94,6 +94,22 @@ def test_match_order_recovers_permutation(C):
         assert list(np.asarray(perm)[found]) == list(range(C))
 
 
+def test_match_order_equals_linear_assignment():
+    """Up to 5 speakers every order is tried (no scipy needed); the same as scipy's assignment,
+    which serves more speakers."""
+    from scipy.optimize import linear_sum_assignment
+    rng = np.random.default_rng(0)
+    for C in (2, 3, 4, 5, 6, 7):
+        for _ in range(5):
+            previous, current = rng.standard_normal((2, C, 64))
+            prev = previous - previous.mean(-1, keepdims=True)
+            cur = current - current.mean(-1, keepdims=True)
+            similarity = (prev / np.linalg.norm(prev, axis=-1, keepdims=True)) @ \
+                (cur / np.linalg.norm(cur, axis=-1, keepdims=True)).T
+            expected = linear_sum_assignment(similarity, maximize=True)[1]
+            assert list(match_order(previous, current)) == list(expected)
+
+
 def test_match_order_keeps_order_on_silence():
     assert list(match_order(np.zeros((3, 50)), np.zeros((3, 50)))) == [0, 1, 2]
 

@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = set(load_config([]).to_dict())
 # Flags of scripts that take their own arguments rather than the config's.
 OWN_FLAGS = {"make_demo_data.py": {"out_dir", "seed", "n_src", "sample_rate", "sizes", "min_seconds",
-                               "max_seconds", "noisy", "cross_gender"}}
+                               "max_seconds", "noisy", "cross_gender"},
+             "separate_onnx.py": {"output_dir", "chunk_seconds", "overlap_seconds", "threads"}}
 
 
 def shell_commands(readme):

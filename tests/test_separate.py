@@ -19,6 +19,8 @@ from src.deploy.separation import chunking, run_separation, separate_inputs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(N=8, L=16, B=4, H=8, Sc=4, P=3, X=1, R=1)
 RATE = 8000
+# the network's own output, so that it can be compared with the network run here
+RAW = ("--output_scale=raw", "--output_format=float32")
 
 
 def make_model(directory, name, **settings):
@@ -79,7 +81,7 @@ def test_rates_channels_formats(models, tmp_path, rate, channels, fmt, subtype, 
     path = tmp_path / f"talk.{ext}"
     sf.write(path, voices(1.5, rate, channels), rate, format=fmt, subtype=subtype)
     before = path.read_bytes()
-    written, failed = separate(config(models, "gln", path, tmp_path / "out"))
+    written, failed = separate(config(models, "gln", path, tmp_path / "out", *RAW))
     assert failed == [] and [os.path.basename(w) for w in written] == ["talk_s1.wav", "talk_s2.wav"]
     assert path.read_bytes() == before                       # the input is untouched
     # Reference: the decoded file downmixed, resampled to the model's rate, separated whole,
@@ -132,7 +134,7 @@ def test_long_file_bounded_memory_and_equal_to_whole_away_from_borders(models, t
     peaks = {}
     for minutes in (1, 4):
         cfg = config(models, "bn", tmp_path / f"long{minutes}.wav", tmp_path / "out",
-                     "--separate_chunk_seconds=10", "--chunk_overlap=1")
+                     "--separate_chunk_seconds=10", "--chunk_overlap=1", *RAW)
         model_fn = load_model(cfg, cfg.model_path)
         tracemalloc.start()
         try:
@@ -170,7 +172,7 @@ def test_mindir_model(models, tmp_path, input_length):
     sf.write(tmp_path / "a.wav", voices(1.0, RATE), RATE, subtype="FLOAT")
     cfg = load_config([f"--config_path={directory}/bn.yaml", f"--model_path={tmp_path}/bn.mindir",
                        f"--input={tmp_path}/a.wav", f"--output_dir={tmp_path}/out",
-                       f"--input_length={input_length}", "--chunk_overlap=0.05"])
+                       f"--input_length={input_length}", "--chunk_overlap=0.05", *RAW])
     run_separation(cfg, log=lambda line: None)
     whole = run_net(nets["bn"], sf.read(tmp_path / "a.wav", dtype="float32")[0])
     out = np.stack([sf.read(tmp_path / "out" / f"a_s{c}.wav", dtype="float32")[0] for c in (1, 2)])
@@ -257,3 +259,42 @@ def test_cli_exit_status_and_one_line_errors(models, tmp_path):
     assert "broken.flac" in errors[0] and "1 of 2 inputs failed" in errors[1]
     info = sf.info(str(tmp_path / "out" / "good_s2.wav"))
     assert info.samplerate == 16000 and info.channels == 1 and info.frames == 8000
+
+
+def test_truncated_and_non_finite_inputs_refused_without_leftovers(models, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "whole.wav", voices(0.5, RATE), RATE)
+    sf.write(folder / "cut.wav", voices(1.0, RATE), RATE)
+    data = (folder / "cut.wav").read_bytes()
+    (folder / "cut.wav").write_bytes(data[:len(data) // 2])       # a copy stopped half-way
+    late_nan = voices(9.0, RATE)
+    late_nan[70000] = np.nan                                       # after the first read block
+    sf.write(folder / "nan.wav", late_nan, RATE, subtype="FLOAT")
+    inf = voices(0.5, RATE)
+    inf[100] = np.inf
+    sf.write(folder / "inf.wav", inf, RATE, subtype="FLOAT")
+    lines = []
+    written, failed = separate(config(models, "gln", folder, tmp_path / "out"), lines.append)
+    assert sorted(os.path.basename(f) for f in failed) == ["cut.wav", "inf.wav", "nan.wav"]
+    errors = sorted(line for line in lines if line.startswith("error:"))
+    assert "cut.wav: truncated audio file" in errors[0]
+    assert "inf.wav: audio holds NaN or infinite samples (the first at sample 100)" in errors[1]
+    assert "nan.wav: audio holds NaN or infinite samples (the first at sample 70000)" in errors[2]
+    assert sorted(os.listdir(tmp_path / "out")) == ["whole_s1.wav", "whole_s2.wav"]
+
+
+def test_leftovers_of_a_killed_run_removed_and_never_inputs(models, tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    sf.write(folder / "talk.wav", voices(0.5, RATE), RATE)
+    (folder / ".tmp-k1j2h3.wav").write_bytes(b"")                 # killed before its header
+    sf.write(folder / ".tmp-x9y8.wav", voices(0.3, RATE), RATE)    # killed before its rename
+    lines = []
+    written, failed = separate(config(models, "gln", folder, folder), lines.append)
+    assert failed == [] and not any(line.startswith("error:") for line in lines), lines
+    assert sorted(os.listdir(folder)) == ["talk.wav", "talk_s1.wav", "talk_s2.wav"]
+    sf.write(folder / ".tmp-given.wav", voices(0.3, RATE), RATE)
+    with pytest.raises(UserError, match=r"\.tmp-given\.wav: a temporary file of an unfinished "
+                                        "write, not an input"):
+        run_separation(config(models, "gln", folder / ".tmp-given.wav", tmp_path / "out"))

@@ -5,8 +5,11 @@ is soxr at high quality, in this module only: a whole signal through librosa (`r
 a stream block by block through soxr's own streaming resampler (`resample_stream`, which librosa
 lacks). Every failure a user can cause is a UserError naming the file.
 """
+import contextlib
+import errno
 import os
 import re
+import shutil
 
 import numpy as np
 import soundfile as sf
@@ -16,6 +19,13 @@ from src.model_utils.errors import UserError
 
 # libsndfile logs "data : 32000 (should be 15978)" for a file cut short
 _HEADER_MISMATCH = re.compile(r"^\s*data\s*:.*\(should be", re.MULTILINE)
+
+
+def _reason(err):
+    """libsndfile's whole reason, without its "Error opening '<path>': " prefix (the path is named
+    once, by the caller; a long path must not push the reason out of the line)."""
+    reason = getattr(err, "error_string", None) or str(err)
+    return " ".join(reason.split())
 
 
 def read_audio(path, sample_rate=None, mono=True, resample=False, dtype="float32"):
@@ -35,7 +45,7 @@ def read_audio(path, sample_rate=None, mono=True, resample=False, dtype="float32
     try:
         signal, rate = sf.read(path, dtype=dtype, always_2d=True)
     except (RuntimeError, sf.LibsndfileError, ValueError) as err:
-        raise UserError(f"{path}: not readable audio ({str(err).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not readable audio ({_reason(err)})") from None
     if signal.shape[0] == 0:
         raise UserError(f"{path}: audio has no samples")
     signal = signal.T                                       # [channels, T]
@@ -60,7 +70,7 @@ def probe_audio(path):
     try:
         info = sf.info(path)
     except (RuntimeError, sf.LibsndfileError, ValueError) as err:
-        raise UserError(f"{path}: not readable audio ({str(err).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not readable audio ({_reason(err)})") from None
     if info.frames == 0:
         raise UserError(f"{path}: audio has no samples (zero-length file)")
     if _HEADER_MISMATCH.search(info.extra_info or ""):
@@ -101,10 +111,30 @@ def _resample_block(stream, block, last):
     return stream.resample_chunk(np.ascontiguousarray(block.T), last=last).T
 
 
+# Below this much free space a failed write is taken for a full disk (libsndfile does not say).
+_NEARLY_FULL = 1 << 20
+
+
+@contextlib.contextmanager
+def audio_writing(path):
+    """soundfile's write errors inside the block as an OSError naming `path`.
+
+    libsndfile reports a full disk as "System error." only: the error is ENOSPC when the disk
+    holding `path` has (almost) no free space left, else EIO, with libsndfile's words.
+    """
+    try:
+        yield
+    except (RuntimeError, sf.LibsndfileError) as err:
+        folder = os.path.dirname(os.path.abspath(path))
+        full = os.path.isdir(folder) and shutil.disk_usage(folder).free < _NEARLY_FULL
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} (libsndfile: {err})", path) from None
+
+
 def write_audio(path, signal, sample_rate, subtype=None):
     """Write signal [T] or [channels, T] to `path` atomically (temporary file, then rename)."""
     signal = np.asarray(signal)
     data = signal.T if signal.ndim == 2 else signal
     fmt = os.path.splitext(path)[1].lstrip(".").upper() or "WAV"
-    with atomic_output(path) as tmp:
+    with atomic_output(path) as tmp, audio_writing(path):
         sf.write(tmp, data, sample_rate, subtype=subtype, format=fmt)

@@ -23,6 +23,7 @@ with `swap_sources` the sources of each stored mixture come in a random order.
 Evaluation: whole utterances, one per batch, in the order of the ids returned.
 """
 import os
+import re
 import zlib
 
 import numpy as np
@@ -32,7 +33,7 @@ from src.data.audio import read_audio
 from src.data.dynamic_mixing import SourceOrderSwap, create_dynamic_mixing_dataset
 from src.model_utils.errors import UserError
 from src.data.librimix import load_split, stream_names
-from src.data.mindrecord_io import COLUMNS, decode
+from src.data.mindrecord_io import COLUMNS, decode, pipeline_detail
 
 
 def create_train_dataset(cfg, rank_id=0, rank_size=1):
@@ -70,9 +71,11 @@ def create_train_dataset(cfg, rank_id=0, rank_size=1):
     batcher = _Batcher(split.info["encoding"], cfg.n_src, segment, cfg.seed)
     if cfg.swap_sources:
         batcher = SourceOrderSwap(batcher, cfg.seed)
-    return data.batch(cfg.batch_size, drop_remainder=True, per_batch_map=batcher,
+    data = data.batch(cfg.batch_size, drop_remainder=True, per_batch_map=batcher,
                       input_columns=COLUMNS, output_columns=["mixture", "sources", "lengths"],
                       num_parallel_workers=_workers(cfg))
+    data.data_files = _data_files(split, cfg)
+    return data
 
 
 def create_eval_dataset(cfg, split, max_seconds=0.0):
@@ -96,7 +99,59 @@ def create_eval_dataset(cfg, split, max_seconds=0.0):
     batcher = _Batcher(index.info["encoding"], cfg.n_src, None, cfg.seed)
     data = data.batch(1, per_batch_map=batcher, input_columns=COLUMNS,
                       output_columns=["mixture", "sources", "lengths"])
+    data.data_files = _data_files(index, cfg)
     return data, [index.ids[i] for i in chosen]
+
+
+def _data_files(split, cfg):
+    """What the rows are read from, for error messages: the MindRecord files or the split folder
+    (whose lists name the WAVs)."""
+    return list(split.mindrecord_files) if cfg.data_format == "mindrecord" else [split.split_dir]
+
+
+def read_rows(dataset, **iterator_args):
+    """The rows of `dataset.create_dict_iterator(**iterator_args)`, its reading errors UserErrors.
+
+    MindSpore reports a failure inside the pipeline as a RuntimeError of many lines: a listed WAV
+    deleted or damaged after preprocessing (the UserError of `read_audio` is quoted in it) or a
+    truncated MindRecord file ("Failed to read file", without a name). Either becomes one line
+    naming the file (or the split's MindRecord files) and what to do.
+    """
+    iterator = dataset.create_dict_iterator(**iterator_args)
+    while True:
+        try:
+            row = next(iterator)
+        except StopIteration:
+            return
+        except (RuntimeError, UserError) as err:
+            # MindSpore re-raises an exception of the source as RuntimeError, or as its own
+            # type, with the whole traceback of the worker as the message
+            raise reading_error(err, getattr(dataset, "data_files", ())) from None
+        yield row
+
+
+_QUOTED_USER_ERROR = re.compile(r"^(?:\w+\.)*UserError: (.+)$", re.MULTILINE)
+_QUOTED_OS_ERROR = re.compile(r"^(?:\w+Error): (\[Errno \d+\] .+)$", re.MULTILINE)
+
+
+def reading_error(err, data_files):
+    """A one-line UserError for the error `err` of a pipeline reading `data_files`; `err` itself
+    when it is not a reading failure (a bug keeps its traceback)."""
+    text = str(err)
+    quoted = _QUOTED_USER_ERROR.findall(text)
+    if quoted:
+        return UserError(quoted[-1].strip())
+    if isinstance(err, UserError):
+        return err
+    files = ", ".join(data_files) or "the data files"
+    system = _QUOTED_OS_ERROR.search(text)
+    if system:
+        return UserError(f"{files}: reading failed ({system.group(1).strip()})")
+    if "mindrecord" in text.lower() or "Failed to read file" in text:
+        return UserError(f"{files}: MindRecord data unreadable ({pipeline_detail(err)}); the "
+                         "files were truncated or changed after preprocessing: run preprocess.py "
+                         "again with --overwrite=true")
+    return err
 
 
 def _workers(cfg):

@@ -3,9 +3,10 @@
 With `dynamic_mixing: true` the training pipeline never reads the stored mixtures. Every example
 is made on the fly from the single-speaker WAVs of the training split (`s1/ ... s<C>/`, as its
 JSON lists name them, whatever data_format says; see SplitReader), in worker processes:
-  1. C different speakers are drawn uniformly, then one utterance of each (speaker ids are the
-     LibriSpeech utterance ids in mixture_ID, `<spk>-<chapter>-<utt>_<spk>-...`; an utterance
-     that LibriMix used in several mixtures counts once, its longest copy is kept);
+  1. C different speakers are drawn uniformly, then one utterance of each (speaker ids are read
+     from the utterance ids in mixture_ID: LibriSpeech's `<spk>-<chapter>-<utt>_<spk>-...`, or
+     WSJ0's `<utt>_<gain>_<utt>_<gain>` in wsj0-mix, WHAM! and WHAMR!, see source_utterances; an
+     utterance used in several mixtures counts once, its longest copy is kept);
   2. each utterance is sped up or slowed down by a factor drawn from `speed_perturb`
      (resampling from round(f * rate) Hz to rate Hz: f > 1 is faster and shorter);
   3. with `gain_db: [low, high]` each source is set to the mean level (RMS dB over the whole
@@ -37,6 +38,7 @@ import mindspore.dataset as ds
 
 from src.data.audio import read_audio, resample_audio
 from src.model_utils.errors import UserError
+from src.data.layouts import has_noise
 from src.data.librimix import load_split
 
 PEAK = 0.9            # everything is scaled to this peak when a signal would reach 1.0
@@ -47,6 +49,29 @@ _SWAP_TAG = 0x5357
 def speaker_of(utterance_id):
     """'4077-13754-0001' -> '4077' (LibriSpeech: speaker-chapter-utterance)."""
     return utterance_id.split("-")[0]
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def source_utterances(mixture_id, n_src):
+    """[(utterance id, speaker id)] of the C sources named by a mixture_ID, or None.
+
+    LibriMix: '<spk>-<chapter>-<utt>_<spk>-...' (LibriSpeech ids). wsj0-mix, WHAM! and WHAMR!:
+    '<utt1>_<gain1>_<utt2>_<gain2>[_...]' (WSJ0 utterance ids, whose first 3 characters name the
+    speaker; with mix_single the first utterance is the one source).
+    """
+    names = mixture_id.split("_")
+    if len(names) >= 2 * n_src and len(names) % 2 == 0 and all(map(_is_number, names[1::2])):
+        return [(u, u[:3]) for u in names[0:2 * n_src:2]]
+    if len(names) == n_src:
+        return [(u, speaker_of(u)) for u in names]
+    return None
 
 
 def speed_perturb(signal, factor, sample_rate):
@@ -114,18 +139,20 @@ class UtterancePool:
     """
 
     def __init__(self, split, n_src, min_length=0):
-        best = {}
+        best, speaker = {}, {}
         for row, (mid, length) in enumerate(zip(split.ids, split.lengths)):
-            names = mid.split("_")
-            if len(names) != n_src:
-                raise UserError(f"{split.split_dir}: mixture_ID {mid!r} names {len(names)} "
-                                f"utterances, expected {n_src} ('<spk>-<chapter>-<utt>_...')")
-            for k, name in enumerate(names):
+            utterances = source_utterances(mid, n_src)
+            if utterances is None:
+                raise UserError(f"{split.split_dir}: mixture_ID {mid!r} does not name {n_src} "
+                                "utterances ('<spk>-<chapter>-<utt>_...' as LibriMix, or "
+                                "'<utt>_<gain>_<utt>_<gain>' as wsj0-mix)")
+            for k, (name, who) in enumerate(utterances):
+                speaker[name] = who
                 if length >= min_length and (name not in best or length > best[name][2]):
                     best[name] = (row, k, int(length))
         groups = {}
         for name in sorted(best):
-            groups.setdefault(speaker_of(name), []).append(best[name][:2])
+            groups.setdefault(speaker[name], []).append(best[name][:2])
         self.speakers = sorted(groups)
         self.entries = np.array([e for s in self.speakers for e in groups[s]], np.int64).reshape(-1, 2)
         sizes = np.cumsum([0] + [len(groups[s]) for s in self.speakers])
@@ -186,7 +213,7 @@ def mixing_settings(cfg):
     return {"segment": int(round(cfg.segment * cfg.sample_rate)), "n_src": cfg.n_src,
             "sample_rate": cfg.sample_rate, "speed_perturb": [float(f) for f in factors],
             "gain_db": _range(cfg, "gain_db"), "noise_snr_db": _range(cfg, "noise_snr_db"),
-            "noise": cfg.mix_type != "mix_clean", "seed": cfg.seed}
+            "noise": has_noise(cfg.mix_type), "seed": cfg.seed}
 
 
 class DynamicMixer:

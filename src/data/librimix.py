@@ -11,6 +11,8 @@ Input (what the LibriMix generator writes, C = n_src, `<type>` = mix_type):
 `<split>/{<type>,s1,...}`. Mixtures are listed by the metadata CSV when it exists (its paths are of
 the machine that generated the data and are not used: only its mixture_ID and length), else by the
 file names in `<split>/<type>/`; every source is looked up by the mixture's ID, never by position.
+wsj0-2mix/3mix, WHAM! and WHAMR! are listed the same way from their own folders: see
+src/data/layouts.py.
 
 Output of preprocess.py, one folder per split, complete once `info.json` exists (the folder is
 built under a temporary name and renamed into place):
@@ -38,6 +40,9 @@ from src.model_utils.errors import UserError
 
 INFO_FILE = "info.json"
 FORMAT_VERSION = 1
+# LibriMix's smaller training split, used where the larger one was not generated (it saves 50 GB
+# of Libri2Mix) and no split was named on the command line.
+SMALLER_SPLIT = {"train-360": "train-100"}
 
 
 def stream_names(n_src):
@@ -45,61 +50,27 @@ def stream_names(n_src):
     return ["mix"] + [f"s{i + 1}" for i in range(n_src)]
 
 
-# ---------------------------------------------------------------- input: locating and pairing
+# ---------------------------------------------------------------- input: LibriMix's metadata
 
-def find_split_root(in_dir, splits, n_src, mix_type, sample_rate, allow_other_rate=False):
-    """The folder under `in_dir` that holds the split folders.
-
-    Tries `in_dir`, then `<in_dir>/wav<k>k/<mode>` and `<in_dir>/Libri<C>Mix/wav<k>k/<mode>`, mode
-    'min' before 'max', the rate of `sample_rate` first (other rates only if `allow_other_rate`).
-    """
-    if not in_dir:
-        raise UserError("in_dir: not set (expected a LibriMix folder, e.g. --in_dir=/data/LibriMix)")
-    if not os.path.isdir(in_dir):
-        raise UserError(f"{in_dir}: folder not found (in_dir, expected a LibriMix folder)")
-    rates = [sample_rate // 1000] + ([k for k in (8, 16) if k != sample_rate // 1000]
-                                     if allow_other_rate else [])
-    candidates = [in_dir]
-    for prefix in ("", f"Libri{n_src}Mix"):
-        for k in rates:
-            for mode in ("min", "max"):
-                candidates.append(os.path.join(in_dir, prefix, f"wav{k}k", mode))
-    for root in candidates:
-        if any(os.path.isdir(os.path.join(root, s, mix_type)) for s in splits):
-            return os.path.abspath(root)
-    raise UserError(f"{in_dir}: no LibriMix split folder found (expected <split>/{mix_type}/ for one "
-                    f"of {list(splits)}, directly or under Libri{n_src}Mix/wav"
-                    f"{sample_rate // 1000}k/min)")
+def existing_splits(root, splits, mix_type):
+    """(found, absent): `splits` whose `<split>/<mix_type>/` folder exists under `root`, with the
+    smaller training split in place of an absent larger one (SMALLER_SPLIT), and those absent."""
+    def exists(split):
+        return os.path.isdir(os.path.join(root, split, mix_type))
+    found, absent = [], []
+    for split in splits:
+        smaller = SMALLER_SPLIT.get(split)
+        if exists(split):
+            found.append(split)
+        else:
+            absent.append(split)
+            if smaller and smaller not in splits and exists(smaller):
+                found.append(smaller)
+    return found, absent
 
 
-def list_mixtures(root, split, n_src, mix_type):
-    """Pair the files of one split by mixture_ID.
-
-    Returns:
-        (ids, paths, csv_lengths): ids [M]; paths: dict stream -> [M] absolute paths; csv_lengths:
-        [M] lengths from the metadata CSV, or None without a CSV.
-    """
-    split_dir = os.path.join(root, split)
-    folders = {"mix": os.path.join(split_dir, mix_type)}
-    folders.update({f"s{i + 1}": os.path.join(split_dir, f"s{i + 1}") for i in range(n_src)})
-    for folder in folders.values():
-        if not os.path.isdir(folder):
-            raise UserError(f"{folder}: folder not found (split '{split}' needs {mix_type}/ and "
-                            f"s1/ ... s{n_src}/)")
-    csv_path = os.path.join(root, "metadata", f"mixture_{split}_{mix_type}.csv")
-    csv_lengths = None
-    if os.path.isfile(csv_path):
-        ids, csv_lengths = _read_metadata(csv_path, n_src)
-    else:
-        ids = sorted(name[:-4] for name in os.listdir(folders["mix"]) if name.endswith(".wav"))
-    if not ids:
-        raise UserError(f"{folders['mix']}: split '{split}' is empty (expected <mixture_ID>.wav files)")
-    paths = {name: [os.path.join(folder, f"{mid}.wav") for mid in ids]
-             for name, folder in folders.items()}
-    return ids, paths, csv_lengths
-
-
-def _read_metadata(csv_path, n_src):
+def read_metadata(csv_path, n_src):
+    """(mixture_IDs [M], lengths [M]) of a LibriMix metadata CSV, checked against n_src."""
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -203,6 +174,20 @@ class SplitIndex:
         self.paths = paths
         self.mindrecord_files = [os.path.join(split_dir, f) for f in info.get("mindrecord_files", [])]
         self.mindrecord_order = np.asarray(info.get("mindrecord_order", []), np.int64)
+
+
+def training_split(cfg):
+    """(name, note): the split to train on, cfg.train_name or, when that is the larger training
+    split, not given as a flag, and not preprocessed in cfg.data_dir while the smaller one is,
+    the smaller one (SMALLER_SPLIT) with a note saying so (note None otherwise)."""
+    name = cfg.train_name
+    smaller = SMALLER_SPLIT.get(name)
+    if smaller is None or cfg.on_command_line("train_name") or \
+            os.path.isfile(os.path.join(cfg.data_dir, name, INFO_FILE)) or \
+            not os.path.isfile(os.path.join(cfg.data_dir, smaller, INFO_FILE)):
+        return name, None
+    return smaller, (f"train_name: no preprocessed '{name}' in {cfg.data_dir}: training on "
+                     f"'{smaller}' (give --train_name to choose)")
 
 
 def load_split(data_dir, split, n_src, sample_rate):

@@ -10,6 +10,8 @@ LibriMix case): soundfile reads such a file as float32 = int16 / 32768, exactly,
 bit-identical values at half the size of float32. Otherwise (24-bit or float WAVs, or resampled
 audio) they are stored as the float32 that soundfile (and the resampler) returned.
 """
+import contextlib
+import errno
 import os
 
 import numpy as np
@@ -45,6 +47,27 @@ def page_and_header_size(max_row_bytes, total_bytes, shards):
     return page, header
 
 
+def pipeline_detail(err):
+    """The message of a MindSpore data error without its banners and C++ stack: the text of its
+    "[ERROR]" line (e.g. "No free disk to be used while writing mindrecord files, ...")."""
+    for line in str(err).splitlines():
+        if line.startswith("[ERROR]"):
+            return line.replace("[ERROR]", "", 1).strip()
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """MindSpore's MindRecord write errors as an OSError naming `path` (ENOSPC for a full disk)."""
+    try:
+        yield
+    except RuntimeError as err:
+        detail = pipeline_detail(err)
+        code = errno.ENOSPC if "free disk" in detail else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} ({detail})", path) from None
+
+
 class SplitWriter:
     """Writes the rows of one split into `<folder>/<name>` (+ shard suffixes) with FileWriter.
 
@@ -58,7 +81,8 @@ class SplitWriter:
         from mindspore.mindrecord import FileWriter  # loaded only when MindRecord is written
         self.files = mindrecord_file_names(name, shards)
         self.encoding = encoding
-        self._writer = FileWriter(os.path.join(folder, name), shard_num=shards, overwrite=True)
+        self.path = os.path.join(folder, name)
+        self._writer = FileWriter(self.path, shard_num=shards, overwrite=True)
         page, header = page_and_header_size(max_row_bytes + 4096, total_bytes, shards)
         self._writer.set_page_size(page)
         self._writer.set_header_size(header)
@@ -80,12 +104,14 @@ class SplitWriter:
 
     def _flush(self):
         if self._rows:
-            self._writer.write_raw_data(self._rows)
+            with _writing(self.path):
+                self._writer.write_raw_data(self._rows)
             self._rows = []
 
     def commit(self):
         self._flush()
-        self._writer.commit()
+        with _writing(self.path):
+            self._writer.commit()
 
 
 def read_order(files, ids):

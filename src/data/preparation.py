@@ -1,9 +1,10 @@
-"""preprocess.py's work: LibriMix split folders -> JSON lists (+ MindRecord) under out_dir.
+"""preprocess.py's work: dataset split folders -> JSON lists (+ MindRecord) under out_dir.
 
-Per split: pair the files by mixture_ID, check every mixture in worker processes (pass 1, headers
-only), then, for MindRecord, read the samples in worker processes and write them in mixture order
-(pass 2). The split is built in `<out_dir>/.tmp-<split>` and renamed to `<out_dir>/<split>` when it
-is complete; `info.json`, written last, marks it finished. Output layout: see src/data/librimix.py.
+Per split: pair the files by mixture_ID (LibriMix, wsj0-mix, WHAM!, WHAMR!: src/data/layouts.py),
+check every mixture in worker processes (pass 1, headers only), then, for MindRecord, read the
+samples in worker processes and write them in mixture order (pass 2). The split is built in
+`<out_dir>/.tmp-<split>` and renamed to `<out_dir>/<split>` when it is complete; `info.json`,
+written last, marks it finished. Output layout: see src/data/librimix.py.
 
 A finished split is never replaced without `overwrite`: re-running over finished output is refused,
 a run that was interrupted resumes with the splits it had not finished, and a folder that
@@ -14,12 +15,14 @@ import os
 import shutil
 
 import numpy as np
-from tqdm import tqdm
 
+from src.model_utils.config import Config
 from src.model_utils.errors import UserError
-from src.data.librimix import (FORMAT_VERSION, INFO_FILE, check_mixture, find_split_root,
-                              list_mixtures, read_info, read_mixture, stream_names)
 from src.model_utils.atomic import write_json
+from src.model_utils.progress import progress_bar
+from src.data.layouts import find_split_root, list_mixtures, source_settings
+from src.data.librimix import (FORMAT_VERSION, INFO_FILE, SMALLER_SPLIT, check_mixture,
+                               existing_splits, read_info, read_mixture, stream_names)
 from src.data.mindrecord_io import SplitWriter, read_order
 
 BLOCK = 256  # mixtures handed to the workers at a time (bounds the memory of pass 2)
@@ -36,22 +39,24 @@ def _guarded(task):
 
 def _settings(cfg, root):
     return {"source_dir": root, "sample_rate": cfg.sample_rate, "n_src": cfg.n_src,
-            "mix_type": cfg.mix_type, "resample": bool(cfg.resample)}
+            "mix_type": cfg.mix_type, "resample": bool(cfg.resample), **source_settings(cfg)}
+
+
+def _recorded_settings(info, n_src):
+    """The settings an info.json records (one written before other datasets were read: LibriMix)."""
+    earlier = {"dataset": "librimix", "source_folders": [f"s{k}" for k in range(1, n_src + 1)]}
+    return {**earlier, **info}
 
 
 def _check_config(cfg):
     if not cfg.splits:
-        raise UserError("splits: expected at least one LibriMix split name, e.g. [train-360,dev,test]")
+        raise UserError("splits: expected at least one split name, e.g. [train-360,dev,test] "
+                        "(LibriMix) or [tr,cv,tt] (wsj0-mix, WHAM!, WHAMR!)")
     if len(set(cfg.splits)) != len(cfg.splits):
         raise UserError(f"splits: names repeat in {cfg.splits}")
     for split in cfg.splits:
         if not isinstance(split, str) or not split or os.sep in split or split.startswith("."):
             raise UserError(f"splits: {split!r} is not a split folder name")
-    for key, low, high in (("n_src", 1, 10), ("mindrecord_shards", 1, 1000),
-                           ("preprocess_workers", 1, 256), ("sample_rate", 1000, 192000)):
-        value = getattr(cfg, key)
-        if not low <= value <= high:
-            raise UserError(f"{key}: expected {low} .. {high}, got {value}")
 
 
 def plan_splits(cfg, root, formats):
@@ -66,7 +71,8 @@ def plan_splits(cfg, root, formats):
         if info is None:
             raise UserError(f"{final}: exists and was not written by preprocess.py (no {INFO_FILE}); "
                             "choose another out_dir")
-        same = {k: info.get(k) for k in _settings(cfg, root)} == _settings(cfg, root)
+        recorded = _recorded_settings(info, cfg.n_src)
+        same = {k: recorded.get(k) for k in _settings(cfg, root)} == _settings(cfg, root)
         if cfg.overwrite or (same and not set(formats) <= set(info.get("formats", []))):
             todo.append(split)
         elif not same:
@@ -79,15 +85,23 @@ def plan_splits(cfg, root, formats):
 
 
 def prepare_dataset(cfg, log=print):
-    """Convert the splits `cfg.splits` of the LibriMix at `cfg.in_dir` into `cfg.out_dir`.
+    """Convert the splits `cfg.splits` of the `cfg.dataset` at `cfg.in_dir` into `cfg.out_dir`.
 
     Returns:
         {split: info dict} for the splits written by this call.
     """
     _check_config(cfg)
     formats = ["json"] + (["mindrecord"] if cfg.data_format == "mindrecord" else [])
-    root = find_split_root(cfg.in_dir, cfg.splits, cfg.n_src, cfg.mix_type, cfg.sample_rate,
-                           allow_other_rate=cfg.resample)
+    chosen = cfg.on_command_line("splits")
+    search = list(cfg.splits) + ([] if chosen else [SMALLER_SPLIT[s] for s in cfg.splits
+                                                    if s in SMALLER_SPLIT])
+    root = find_split_root(cfg, search)
+    if not chosen:
+        # Without --splits, the split folders that were generated: many users have only some.
+        found, absent = existing_splits(root, cfg.splits, cfg.mix_type)
+        log(f"splits found in {root}: {', '.join(found)}"
+            + (f"; absent: {', '.join(absent)}" if absent else "") + " (--splits chooses them)")
+        cfg = Config({**cfg.to_dict(), "splits": found})
     todo = plan_splits(cfg, root, formats)
     done = [s for s in cfg.splits if s not in todo]
     if done:
@@ -109,7 +123,7 @@ def prepare_dataset(cfg, log=print):
 
 def _imap(pool, tasks, desc):
     """Results of `_guarded(task)` in task order, BLOCK tasks at a time, with a progress bar."""
-    bar = tqdm(total=len(tasks), desc=desc, unit="mix", leave=False)
+    bar = progress_bar(total=len(tasks), desc=desc, unit="mix")
     try:
         for start in range(0, len(tasks), BLOCK):
             block = tasks[start:start + BLOCK]
@@ -126,7 +140,7 @@ class _SplitJob:
 
     def __init__(self, cfg, root, split, formats, pool):
         self.cfg, self.root, self.split, self.formats, self.pool = cfg, root, split, formats, pool
-        self.ids, paths, self.csv_lengths = list_mixtures(root, split, cfg.n_src, cfg.mix_type)
+        self.ids, paths, self.csv_lengths = list_mixtures(root, split, cfg)
         self.files = [[paths[s][i] for s in stream_names(cfg.n_src)] for i in range(len(self.ids))]
         self.good, self.lengths, self.bad = [], [], []   # positions in ids, their lengths, errors
 

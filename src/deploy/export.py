@@ -1,4 +1,6 @@
-"""Exporting a trained network for deployment (MINDIR, AIR, ONNX) and checking the exported file.
+"""Exporting a trained network for deployment (MINDIR, AIR) and checking the exported file.
+
+ONNX is built and checked by src/deploy/onnx_export.py.
 
 The exported graph takes a mixture [1, T] and gives estimates [1, C, T]. With `input_length` 0 the
 time axis is dynamic (`Tensor(shape=[1, None])`): one MINDIR serves utterances of any length. With
@@ -15,6 +17,7 @@ import numpy as np
 from src.model_utils.errors import UserError
 
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
+TOLERANCE = 1e-4   # largest difference a reloaded MINDIR may show against the network
 
 
 def export_input(input_length):
@@ -33,11 +36,14 @@ def _first_line(err):
     return lines[0][:200] if lines else type(err).__name__
 
 
-def export_network(net, file_name, file_format="MINDIR", input_length=0, device_target="CPU"):
+def export_network(net, file_name, file_format="MINDIR", input_length=0, device_target="CPU",
+                   check=None):
     """Export `net` to `file_name` + the format's extension, atomically. Returns the path written.
 
-    AIR needs the Ascend toolkit (device_target Ascend). Failures of the converter (an operator
-    without an ONNX counterpart, a dynamic shape in ONNX) are UserErrors that say why.
+    `check(path)`, when given, is called on the exported file under its temporary name and may
+    raise: the file is renamed into place only after it returned. AIR needs the Ascend toolkit
+    (device_target Ascend). Failures of the converter are UserErrors that say why. ONNX:
+    src/deploy/onnx_export.py.
     """
     import mindspore as ms
     if file_format not in EXTENSIONS:
@@ -46,9 +52,10 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
         raise UserError(f"file_format: AIR is written by the Ascend toolkit; run with "
                         f"--device_target=Ascend on an Ascend host (got {device_target}), or "
                         "export MINDIR")
-    if file_format == "ONNX" and input_length == 0:
-        raise UserError("input_length: MindSpore exports ONNX with fixed shapes only; "
-                        "pass --input_length=<samples>")
+    if file_format == "ONNX":
+        # MindSpore's converter has fixed shapes only and no rule for gLN's, cLN's and the
+        # decoder's operators: the ONNX graph is built by src/deploy/onnx_export.py instead.
+        raise ValueError("ONNX is written by src.deploy.onnx_export.export_onnx")
     example = export_input(input_length)
     extension = EXTENSIONS[file_format]
     stem = file_name[:-len(extension)] if file_name.lower().endswith(extension) else file_name
@@ -63,12 +70,15 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
         net.set_kernels(False)
     try:
         tmp_stem = os.path.join(tmp_dir, "model")
-        ms.export(net, example, file_name=tmp_stem, file_format=file_format)
+        try:
+            ms.export(net, example, file_name=tmp_stem, file_format=file_format)
+        except OSError as err:      # a full disk: name the file the user asked for
+            raise OSError(err.errno, err.strerror, path) from None
+        if check:
+            check(tmp_stem + extension)
         os.replace(tmp_stem + extension, path)
     except (RuntimeError, ValueError, TypeError) as err:
         why = _first_line(err)
-        if file_format == "ONNX":
-            why += " (MindSpore's ONNX converter lacks an operator of this graph; export MINDIR)"
         raise UserError(f"file_format: {file_format} export failed: {why}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -126,23 +136,36 @@ def check_mindir(net, path, lengths, seed=0):
 
 
 def run_export(cfg, log=print):
-    """export.py: export cfg.ckpt_file as cfg.file_format to cfg.file_name and, for a MINDIR,
-    check the reloaded file against the network. Returns the path written."""
+    """export.py: export cfg.ckpt_file as cfg.file_format to cfg.file_name. A MINDIR is loaded
+    back and checked against the network before it is renamed into place (a file that fails its
+    check is never published); ONNX is src/deploy/onnx_export.run_onnx_export. Returns the path
+    written."""
     from src.model.checkpoint import load_network
 
+    if 0 < cfg.input_length < cfg.L:
+        raise UserError(f"input_length: {cfg.input_length} samples is shorter than the encoder "
+                        f"kernel L={cfg.L}; expected 0 (any length) or at least {cfg.L}")
     net = load_network(cfg)
+    if cfg.file_format == "ONNX":
+        from src.deploy.onnx_export import run_onnx_export
+        return run_onnx_export(cfg, net, log)
+    lengths = ([cfg.input_length] if cfg.input_length else
+               [cfg.sample_rate, cfg.sample_rate * 3 // 2 + 3])
+    checked = {}
+
+    def check(exported):
+        checked["worst"] = worst = check_mindir(net, exported, lengths)
+        if worst > TOLERANCE:
+            raise UserError(f"{cfg.file_name}: the reloaded MINDIR differs from the network by "
+                            f"{worst:.3g} (more than {TOLERANCE}); nothing written")
+
     path = export_network(net, cfg.file_name, cfg.file_format, cfg.input_length,
-                          cfg.device_target)
+                          cfg.device_target, check=check if cfg.file_format == "MINDIR" else None)
     shape = "[1, T] for any T" if cfg.input_length == 0 else f"[1, {cfg.input_length}]"
     log(f"exported {path} ({cfg.file_format}, input {shape})")
     if cfg.file_format != "MINDIR":
         log(f"not checked: MindSpore cannot load {cfg.file_format} back")
         return path
-    lengths = ([cfg.input_length] if cfg.input_length else
-               [cfg.sample_rate, cfg.sample_rate * 3 // 2 + 3])
-    worst = check_mindir(net, path, lengths)
-    if worst > 1e-4:
-        raise RuntimeError(f"{path}: the reloaded MINDIR differs from the network by {worst:.3g}")
     log(f"checked: the reloaded MINDIR gives the network's output at lengths "
-        f"{', '.join(map(str, lengths))} (largest difference {worst:.3g})")
+        f"{', '.join(map(str, lengths))} (largest difference {checked['worst']:.3g})")
     return path

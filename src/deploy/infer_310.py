@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from src.model_utils.errors import UserError
+from src.model_utils.progress import progress_bar
 from src.deploy.inference import chunk_settings, separate_in_chunks, stream_separate
 
 MANIFEST = "manifest.json"
@@ -123,12 +124,54 @@ def write_310_inputs(cfg, mindir_path, prep_dir, log=print):
     return manifest
 
 
+MANIFEST_KEYS = ("n_src", "fixed_length", "chunk_samples", "overlap_samples", "align",
+                 "utterances")
+AGAIN = "run the preprocess step again (NEED_PREPROCESS=y)"
+
+
 def read_manifest(prep_dir):
+    """The manifest of `prep_dir`; UserError naming it when missing, not JSON or incomplete."""
     path = os.path.join(prep_dir, MANIFEST)
     if not os.path.isfile(path):
         raise UserError(f"{path}: not found; run the preprocess step (NEED_PREPROCESS=y)")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a readable manifest ({err}); {AGAIN}") from None
+    missing = [key for key in MANIFEST_KEYS if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise UserError(f"{path}: not a manifest of preprocess_310.py (no {', '.join(missing)}); "
+                        f"{AGAIN}")
+    return manifest
+
+
+def check_inputs(prep_dir):
+    """The manifest of `prep_dir` after checking that every file it lists holds as many float32
+    values as it says (a .bin cut short would otherwise crash the inference app). Returns it."""
+    manifest = read_manifest(prep_dir)
+    n_src, fixed = manifest["n_src"], manifest["fixed_length"]
+    try:
+        for entry in manifest["utterances"]:
+            length = entry["length"]
+            expected = [(entry["mixture"], length), (entry["labels"], n_src * length)]
+            expected += [(os.path.join(INPUT_DIR, chunk["name"] + ".bin"),
+                          fixed or chunk["samples"]) for chunk in entry["chunks"]]
+            for name, values in expected:
+                _check_size(os.path.join(prep_dir, name), values)
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{os.path.join(prep_dir, MANIFEST)}: an utterance without {err}; "
+                        f"{AGAIN}") from None
+    return manifest
+
+
+def _check_size(path, values):
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: not found; {AGAIN}")
+    size = os.path.getsize(path)
+    if size != 4 * values:
+        raise UserError(f"{path}: {size} bytes, expected {4 * values} ({values} float32 values); "
+                        f"truncated or changed after preprocessing: {AGAIN}")
 
 
 def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print):
@@ -147,7 +190,7 @@ def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print):
         raise UserError(f"{input_dir}: no .bin input files")
     os.makedirs(output_dir, exist_ok=True)
     lines = []
-    for name in files:
+    for name in progress_bar(files, desc="inferring", unit="input"):
         samples = np.fromfile(os.path.join(input_dir, name), np.float32)
         if declared[1] > 0 and len(samples) != declared[1]:
             raise UserError(f"{os.path.join(input_dir, name)}: {len(samples)} samples, but the "
@@ -167,17 +210,19 @@ def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print):
     log(f"inferred {len(files)} inputs, average {average:.3f} ms per input")
 
 
-def postprocess(prep_dir, result_dir):
+def postprocess(prep_dir, result_dir, on_utterance=None):
     """Stitch the results of every utterance and score them against the references.
 
+    on_utterance: called as on_utterance(index, id, mixture [T], estimates [C, T]) with the
+    estimates in the references' order (src.evaluation.evaluate.wav_writer saves them).
     Returns (rows, summary) as src.evaluation.evaluate.evaluate does (SI-SNR and SI-SNRi; no SDR).
     """
-    from src.evaluation.evaluate import score_utterance, summarize
+    from src.evaluation.evaluate import make_row, score_utterance, summarize
 
-    manifest = read_manifest(prep_dir)
+    manifest = check_inputs(prep_dir)
     n_src, fixed = manifest["n_src"], manifest["fixed_length"]
     rows = []
-    for entry in manifest["utterances"]:
+    for index, entry in enumerate(manifest["utterances"]):
         length = entry["length"]
         mixture = np.fromfile(os.path.join(prep_dir, entry["mixture"]), np.float32)
         references = np.fromfile(os.path.join(prep_dir, entry["labels"]), np.float32)
@@ -193,9 +238,10 @@ def postprocess(prep_dir, result_dir):
 
         estimates = run_chunked(replay, mixture, manifest["chunk_samples"],
                                 manifest["overlap_samples"], manifest["align"], fixed)
-        scores, _ = score_utterance(estimates, references, mixture, with_sdr=False)
-        rows.append({"id": entry["id"], "length": length, "si_snr": scores["si_snr"],
-                     "si_snri": scores["si_snri"], "sdr": None, "sdri": None})
+        scores, reordered = score_utterance(estimates, references, mixture, with_sdr=False)
+        rows.append(make_row(entry["id"], length, scores))
+        if on_utterance is not None:
+            on_utterance(index, entry["id"], mixture, reordered)
     return rows, summarize(rows)
 
 
@@ -219,9 +265,14 @@ def _mindir_path(cfg):
 
 def run_310_preprocess(cfg, log=print):
     """preprocess_310.py: the test split of cfg.data_dir as .bin inputs for the MINDIR
-    cfg.mindir_path, in <infer_dir>/preprocess_Result. Returns the manifest."""
-    return write_310_inputs(cfg, _mindir_path(cfg), os.path.join(cfg.infer_dir, PREPROCESS_DIR),
-                            log)
+    cfg.mindir_path, in <infer_dir>/preprocess_Result. Returns the manifest. With
+    cfg.check_inputs_only, writes nothing and checks the sizes of the files written before."""
+    prep_dir = os.path.join(cfg.infer_dir, PREPROCESS_DIR)
+    if cfg.check_inputs_only:
+        manifest = check_inputs(prep_dir)
+        log(f"{prep_dir}: the inputs of {len(manifest['utterances'])} utterances are complete")
+        return manifest
+    return write_310_inputs(cfg, _mindir_path(cfg), prep_dir, log)
 
 
 def run_cpu_inference(cfg, log=print):
@@ -233,11 +284,17 @@ def run_cpu_inference(cfg, log=print):
 
 def run_postprocess(cfg, log=print):
     """postprocess.py: score the results under cfg.infer_dir; writes eval_results.csv and
-    eval_summary.json there. Returns (rows, summary)."""
-    from src.evaluation.evaluate import summary_line, write_results
+    eval_summary.json there, and with cfg.save_wav the separated sources of that many utterances
+    to <infer_dir>/wav/ (as eval.py writes them). Returns (rows, summary)."""
+    from src.evaluation.evaluate import summary_line, wav_writer, write_results
+    from src.deploy.output_level import check_output_settings, output_subtype
 
+    if cfg.save_wav > 0:
+        check_output_settings(cfg)
+    save = wav_writer(os.path.join(cfg.infer_dir, "wav"), cfg.save_wav, cfg.sample_rate,
+                      cfg.output_scale, output_subtype(cfg))
     rows, summary = postprocess(os.path.join(cfg.infer_dir, PREPROCESS_DIR),
-                                os.path.join(cfg.infer_dir, RESULT_DIR))
+                                os.path.join(cfg.infer_dir, RESULT_DIR), on_utterance=save)
     write_results(cfg.infer_dir, rows, summary)
     log(summary_line(summary))
     log(f"Average SISNR improvement: {summary['si_snri']:.4f}")

@@ -17,10 +17,10 @@ then every chunk sees the encoder frames of the whole signal at the same positio
 with a finite receptive field (BN, or any model away from global normalization effects) gives
 the whole-signal result away from the chunk borders.
 """
+import itertools
 import os
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from src.model_utils.errors import UserError
 
@@ -77,16 +77,21 @@ def match_order(previous, current):
     """The permutation of `current` [C, O] that best matches `previous` [C, O].
 
     Returns perm [C] such that current[perm] lines up with previous: it maximizes the summed
-    normalized correlation (cosine similarity) over the C! orders, found exactly as a linear
-    assignment. Silent overlaps (all similarities zero) keep the order.
+    normalized correlation (cosine similarity) over the C! orders, found exactly (every order,
+    or a linear assignment for more than 5 speakers). Silent overlaps (all similarities zero) keep the order.
     """
     prev = previous - previous.mean(axis=-1, keepdims=True)
     cur = current - current.mean(axis=-1, keepdims=True)
     prev = prev / (np.linalg.norm(prev, axis=-1, keepdims=True) + EPS)
     cur = cur / (np.linalg.norm(cur, axis=-1, keepdims=True) + EPS)
     similarity = prev.astype(np.float64) @ cur.astype(np.float64).T        # [C prev, C cur]
-    _, perm = linear_sum_assignment(similarity, maximize=True)
-    return perm
+    C = len(similarity)
+    if C > 5:
+        from scipy.optimize import linear_sum_assignment
+        return linear_sum_assignment(similarity, maximize=True)[1]
+    # Few speakers: every order tried, so that separating needs no scipy (onnxruntime path).
+    orders = np.array(list(itertools.permutations(range(C))))
+    return orders[similarity[np.arange(C), orders].sum(axis=1).argmax()]
 
 
 def _run_model(model_fn, segment):
@@ -208,7 +213,8 @@ def dynamic_model_function(net):
 
 
 def load_model(cfg, path):
-    """A model_fn for the checkpoint (.ckpt) or exported MINDIR (.mindir) at `path`.
+    """A model_fn for the checkpoint (.ckpt), exported MINDIR (.mindir) or ONNX model (.onnx,
+    run by onnxruntime: src/deploy/onnx_runtime.load_onnx) at `path`.
 
     A checkpoint is loaded into a ConvTasNet built from `cfg` (src.model.checkpoint.load_network) and
     run through one graph for all lengths (dynamic_model_function); a MINDIR is loaded with
@@ -216,11 +222,14 @@ def load_model(cfg, path):
     (cfg.input_length > 0) gets every chunk zero-padded to that length; its model_fn has
     `max_samples` set to that length.
     """
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: model file not found")
+    if path.lower().endswith(".onnx"):
+        from src.deploy.onnx_runtime import load_onnx
+        return load_onnx(path)
     from src.deploy.export import load_mindir
     from src.model.checkpoint import load_network
 
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: model file not found")
     if path.lower().endswith(".mindir"):
         graph_fn = model_function(load_mindir(path))
 

@@ -1,9 +1,12 @@
-"""Scoring a separation model on whole utterances: SI-SNR(i) and SDR(i), per utterance and averaged.
+"""Scoring a separation model on whole utterances: SI-SNR(i), SDR(i), SIR, SAR, STOI, ESTOI, PESQ.
 
 SI-SNR uses the numpy reference of `src/evaluation/metrics.py` under the best permutation (PIT); SI-SNRi is
-the gain over the mixture itself. SDR is BSS Eval v3 (`mir_eval.separation.bss_eval_sources`,
+the gain over the mixture itself. SDR, SIR and SAR are BSS Eval v3 (src/evaluation/scores.py:
 distortion filters of 512 taps, its own best permutation, as in the Conv-TasNet paper's scoring);
-SDRi is the gain over the mixture used as the estimate of every source. Each utterance is
+SDRi is the gain over the mixture used as the estimate of every source. STOI, ESTOI and PESQ
+score the estimates in the SI-SNR order, and the mixture itself as their baseline (`<name>_mix`).
+Scores are those of the network's own output (every one of them is invariant to a gain per
+source, see src/deploy/output_level.py); what is written as audio is rescaled. Each utterance is
 separated alone at its own length (no padding reaches the model), and utterances longer than
 `chunk_samples` go through the overlapping-chunk inference of `src/deploy/inference.py`.
 """
@@ -11,51 +14,78 @@ import csv
 import io
 import json
 import os
-import warnings
 
 import numpy as np
 
 from src.model_utils.atomic import write_json, write_text
 from src.data.audio import write_audio
 from src.model_utils.errors import UserError
+from src.model_utils.progress import progress_bar
 from src.deploy.inference import dynamic_model_function, separate_in_chunks
-from src.evaluation.metrics import si_snri
+from src.deploy.output_level import match_mixture_level
+from src.evaluation.metrics import EPS, si_snri
+from src.evaluation.scores import BSS_METRICS, bss_eval, check_metrics, extra_scores
 
 CSV_COLUMNS = ("id", "length", "si_snr", "si_snri", "sdr", "sdri")
+# written after CSV_COLUMNS when the metrics asked for them were computed
+EXTRA_COLUMNS = ("sir", "sar", "stoi", "stoi_mix", "estoi", "estoi_mix", "pesq", "pesq_mix")
 RESULTS_CSV = "eval_results.csv"
 SUMMARY_JSON = "eval_summary.json"
 
 
-def sdr_improvement(estimates, references, mixture):
+def sdr_improvement(estimates, references, mixture, with_sir_sar=False):
     """BSS Eval v3 SDR of estimates [C, T] against references [C, T], and its gain over mixture [T].
 
-    Returns (sdr_mean, sdri_mean) in dB. Raises ValueError (mir_eval's) for a silent signal, for
-    which SDR is undefined.
+    Returns (sdr_mean, sdri_mean) in dB, and with_sir_sar also (sir_mean, sar_mean). Raises
+    ValueError for a silent signal, for which SDR is undefined.
     """
-    from mir_eval.separation import bss_eval_sources
     references = np.asarray(references, np.float64)
     mixtures = np.broadcast_to(np.asarray(mixture, np.float64), references.shape)
-    with warnings.catch_warnings():
-        # mir_eval 0.8 marks bss_eval_sources deprecated (the requirements pin 0.8.2); it is the
-        # reference implementation of BSS Eval v3 that published SDR numbers use.
-        warnings.simplefilter("ignore", FutureWarning)
-        sdr = bss_eval_sources(references, np.asarray(estimates, np.float64))[0]
-        baseline = bss_eval_sources(references, mixtures, compute_permutation=False)[0]
-    return float(sdr.mean()), float((sdr - baseline).mean())
+    sdr, sir, sar = bss_eval(references, estimates)
+    baseline = bss_eval(references, mixtures, compute_permutation=False)[0]
+    means = (float(sdr.mean()), float((sdr - baseline).mean()))
+    return means + (float(sir.mean()), float(sar.mean())) if with_sir_sar else means
 
 
-def score_utterance(estimates, references, mixture, with_sdr=True):
+def has_silent_reference(references):
+    """True when a reference source of references [C, T] has no energy (after removing its mean)."""
+    references = np.asarray(references, np.float64)
+    centred = references - references.mean(axis=-1, keepdims=True)
+    return bool(((centred ** 2).sum(axis=-1) <= EPS).any())
+
+
+def score_utterance(estimates, references, mixture, with_sdr=True, metrics=("sdr",),
+                    sample_rate=None):
     """Scores of one utterance: estimates [C, T], references [C, T], mixture [T].
 
-    Returns (scores, reordered): scores is a dict with si_snr, si_snri (and sdr, sdri when
-    with_sdr), means over the C sources in dB; reordered [C, T] are the estimates in the order of
-    the references (best SI-SNR permutation).
+    with_sdr: compute BSS Eval (sdr, sdri; sir, sar when in `metrics`); metrics: names of
+    src.evaluation.scores.METRICS; sample_rate: needed for stoi, estoi and pesq.
+    Returns (scores, reordered): scores is a dict with si_snr, si_snri (and the others
+    computed), means over the C sources (dB; STOI 0-1; PESQ MOS); reordered [C, T] are the
+    estimates in the order of the references (best SI-SNR permutation).
     """
     mean_si_snr, mean_si_snri, perm = si_snri(estimates, references, mixture)
+    reordered = np.asarray(estimates)[perm]
+    if has_silent_reference(references):
+        # SI-SNR against silence is the -80 dB floor of EPS, not a score; SDR is undefined.
+        return dict.fromkeys(("si_snr", "si_snri") + (("sdr", "sdri") if with_sdr else ())), \
+            reordered
     scores = {"si_snr": mean_si_snr, "si_snri": mean_si_snri}
-    if with_sdr:
-        scores["sdr"], scores["sdri"] = sdr_improvement(estimates, references, mixture)
-    return scores, np.asarray(estimates)[perm]
+    if with_sdr and set(BSS_METRICS) & set(metrics):
+        # one BSS Eval call gives all three; SIR and SAR are reported where asked for
+        sdr, sdri, sir, sar = sdr_improvement(estimates, references, mixture, with_sir_sar=True)
+        scores.update(sdr=sdr, sdri=sdri)
+        scores.update({k: v for k, v in (("sir", sir), ("sar", sar)) if k in metrics})
+    scores.update(extra_scores(reordered, references, mixture, metrics, sample_rate))
+    return scores, reordered
+
+
+def make_row(utt_id, length, scores):
+    """The result row of one utterance: CSV_COLUMNS (None where not computed) and extra scores."""
+    row = {"id": utt_id, "length": int(length)}
+    row.update({k: scores.get(k) for k in CSV_COLUMNS[2:]})
+    row.update({k: scores[k] for k in EXTRA_COLUMNS if k in scores})
+    return row
 
 
 def iterate_utterances(dataset, ids=None):
@@ -64,8 +94,9 @@ def iterate_utterances(dataset, ids=None):
     The dataset has columns mixture [batch, T], sources [batch, C, T], lengths [batch]; padding
     beyond each length is cut off. `ids` names the utterances in order (default: their index).
     """
+    from src.data.dataset import read_rows
     index = 0
-    for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+    for batch in read_rows(dataset, num_epochs=1, output_numpy=True):
         for row in range(len(batch["lengths"])):
             length = int(batch["lengths"][row])
             utt_id = str(ids[index]) if ids is not None and index < len(ids) else str(index)
@@ -76,7 +107,7 @@ def iterate_utterances(dataset, ids=None):
 
 def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
              overlap_samples=0, align=1, progress=False, on_utterance=None, done=None,
-             on_row=None):
+             on_row=None, metrics=("sdr",), sample_rate=None):
     """Separate and score every utterance of `dataset`.
 
     Args:
@@ -89,34 +120,35 @@ def evaluate(net, dataset, ids=None, n_src=None, with_sdr=True, chunk_samples=0,
         with_sdr: also compute SDR and SDRi (BSS Eval v3; slower than SI-SNR).
         chunk_samples, overlap_samples, align: utterances longer than chunk_samples (> 0) are
             separated in overlapping chunks (src.deploy.inference.separate_in_chunks).
-        progress: show a tqdm progress bar.
+        progress: show progress (src.model_utils.progress: a bar on a terminal, lines in a file).
         on_utterance: called as on_utterance(index, id, mixture [T], estimates [C, T]) with the
             estimates in the references' order.
         done: {id: row} of utterances scored before (a resumed run): taken as they are.
         on_row: called with each new row once it is complete.
+        metrics, sample_rate: the scores besides SI-SNR (score_utterance).
     Returns:
         (rows, summary): rows is a list of dicts with keys CSV_COLUMNS (sdr, sdri None without
-        SDR), length in samples; summary holds their means, the number of utterances and the
-        total length in samples.
+        SDR) and the EXTRA_COLUMNS computed, length in samples; summary holds their means, the
+        number of utterances and the total length in samples.
     """
     was_training = getattr(net, "training", False)
     if was_training:
         net.set_train(False)
     try:
         return _evaluate(dynamic_model_function(net), dataset, ids, n_src, with_sdr, chunk_samples,
-                         overlap_samples, align, progress, on_utterance, done, on_row)
+                         overlap_samples, align, progress, on_utterance, done, on_row,
+                         check_metrics(metrics, sample_rate), sample_rate)
     finally:
         if was_training:
             net.set_train(True)   # a training loop's network goes back to training mode
 
 
 def _evaluate(model_fn, dataset, ids, n_src, with_sdr, chunk_samples, overlap_samples, align,
-              progress, on_utterance, done, on_row):
+              progress, on_utterance, done, on_row, metrics, sample_rate):
     total = len(ids) if ids is not None else None
     utterances = iterate_utterances(dataset, ids)
     if progress:
-        from tqdm import tqdm
-        utterances = tqdm(utterances, total=total, desc="evaluating", unit="utt")
+        utterances = progress_bar(utterances, total=total, desc="evaluating", unit="utt")
     rows = []
     for index, (utt_id, mixture, references) in enumerate(utterances):
         if done and utt_id in done:
@@ -127,13 +159,12 @@ def _evaluate(model_fn, dataset, ids, n_src, with_sdr, chunk_samples, overlap_sa
                             f"has {references.shape[0]}")
         estimates = separate_in_chunks(model_fn, mixture, chunk_samples, overlap_samples, align)
         try:
-            scores, reordered = score_utterance(estimates, references, mixture, with_sdr)
+            scores, reordered = score_utterance(estimates, references, mixture, with_sdr,
+                                                metrics, sample_rate)
         except ValueError as err:
             raise UserError(f"utterance {utt_id}: SDR is undefined ({str(err).split('.')[0]}); "
                             "score without it (--eval_sdr=false)") from None
-        rows.append({"id": utt_id, "length": int(len(mixture)), "si_snr": scores["si_snr"],
-                     "si_snri": scores["si_snri"], "sdr": scores.get("sdr"),
-                     "sdri": scores.get("sdri")})
+        rows.append(make_row(utt_id, len(mixture), scores))
         if on_utterance is not None:
             on_utterance(index, utt_id, mixture, reordered)
         if on_row is not None:
@@ -142,13 +173,24 @@ def _evaluate(model_fn, dataset, ids, n_src, with_sdr, chunk_samples, overlap_sa
 
 
 def summarize(rows):
-    """Means of the per-utterance scores: {'utterances', 'samples', 'si_snr', 'si_snri', 'sdr', 'sdri'}."""
+    """Means of the per-utterance scores: {'utterances', 'samples', 'silent_references', 'si_snr',
+    'si_snri', 'sdr', 'sdri'}; utterances with a silent reference (scores None) are counted in
+    'silent_references' and left out of the means."""
     if not rows:
         raise UserError("the evaluation set is empty")
-    summary = {"utterances": len(rows), "samples": int(sum(r["length"] for r in rows))}
+    silent = sum(r["si_snr"] is None for r in rows)
+    if silent == len(rows):
+        raise UserError(f"every one of the {len(rows)} utterances has a silent reference source; "
+                        "nothing to score")
+    summary = {"utterances": len(rows), "samples": int(sum(r["length"] for r in rows)),
+               "silent_references": silent}
     for key in ("si_snr", "si_snri", "sdr", "sdri"):
         values = [r[key] for r in rows if r[key] is not None]
         summary[key] = float(np.mean(values)) if values else None
+    for key in EXTRA_COLUMNS:      # only the extra scores that were computed
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if any(key in r for r in rows):
+            summary[key] = float(np.mean(values)) if values else None
     return summary
 
 
@@ -158,11 +200,12 @@ def write_results(directory, rows, summary, extra=None):
     Returns (csv_path, json_path).
     """
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    columns = CSV_COLUMNS + tuple(k for k in EXTRA_COLUMNS if any(k in r for r in rows))
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{row[k]:.4f}" if isinstance(row[k], float) else
-                             ("" if row[k] is None else row[k])) for k in CSV_COLUMNS})
+        writer.writerow({k: (f"{row.get(k):.4f}" if isinstance(row.get(k), float) else
+                             ("" if row.get(k) is None else row[k])) for k in columns})
     csv_path = os.path.join(directory, RESULTS_CSV)
     json_path = os.path.join(directory, SUMMARY_JSON)
     write_text(csv_path, out.getvalue())
@@ -175,7 +218,17 @@ def summary_line(summary):
     parts = [f"SI-SNR {summary['si_snr']:.2f} dB", f"SI-SNRi {summary['si_snri']:.2f} dB"]
     if summary.get("sdri") is not None:
         parts += [f"SDR {summary['sdr']:.2f} dB", f"SDRi {summary['sdri']:.2f} dB"]
-    return ", ".join(parts) + f" over {summary['utterances']} utterances"
+    parts += [f"{label} {summary[key]:{fmt}}{unit}" for key, label, fmt, unit in _EXTRA_LINE
+              if summary.get(key) is not None]
+    silent = summary.get("silent_references", 0)
+    left_out = f" ({silent} with a silent reference left out)" if silent else ""
+    return ", ".join(parts) + f" over {summary['utterances'] - silent} utterances{left_out}"
+
+
+_EXTRA_LINE = (("sir", "SIR", ".2f", " dB"), ("sar", "SAR", ".2f", " dB"),
+               ("stoi", "STOI", ".3f", ""), ("stoi_mix", "(mixture", ".3f", ")"),
+               ("estoi", "ESTOI", ".3f", ""), ("estoi_mix", "(mixture", ".3f", ")"),
+               ("pesq", "PESQ", ".2f", ""), ("pesq_mix", "(mixture", ".2f", ")"))
 
 
 
@@ -195,19 +248,27 @@ class Journal:
             if lines and _loads(lines[0]) == key:
                 for line in lines[1:]:
                     row = _loads(line)
-                    if isinstance(row, dict) and set(row) == set(CSV_COLUMNS):
+                    if isinstance(row, dict) and set(CSV_COLUMNS) <= set(row):
                         self.done[row["id"]] = row
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write_text(path, "".join(json.dumps(x) + "\n" for x in [key, *self.done.values()]))
         self.file = open(path, "a", encoding="utf-8")
 
     def append(self, row):
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as err:          # a full disk: name the file
+            raise OSError(err.errno, err.strerror, self.path) from None
 
     def finish(self):
-        self.file.close()
-        os.remove(self.path)
+        """Close and remove the journal (the run is complete, or failed)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass        # its last line could not be written (full disk): it goes all the same
+        if os.path.exists(self.path):
+            os.remove(self.path)
 
 
 def _loads(line):
@@ -217,18 +278,24 @@ def _loads(line):
         return None
 
 
-def wav_writer(directory, count, sample_rate):
-    """on_utterance that writes the estimates of the first `count` utterances as <id>_s<j>.wav."""
+def wav_writer(directory, count, sample_rate, output_scale="mixture", subtype="PCM_16"):
+    """on_utterance that writes the estimates of the first `count` utterances as <id>_s<j>.wav.
+
+    output_scale: "mixture" brings them to the mixture's level (src/deploy/output_level.py),
+    "raw" writes the network's output; subtype: the soundfile WAV subtype.
+    """
     def write(index, utt_id, mixture, estimates):
         if index < count:
+            if output_scale == "mixture":
+                estimates = match_mixture_level(estimates, mixture)
             for j, signal in enumerate(estimates, 1):
                 write_audio(os.path.join(directory, f"{utt_id}_s{j}.wav"), signal, sample_rate,
-                            subtype="FLOAT")
+                            subtype=subtype)
     return write
 
 
 def run_evaluation(cfg, log=print):
-    """eval.py: score cfg.ckpt_file on the split cfg.test_name of cfg.data_dir.
+    """eval.py: score cfg.ckpt_file (a checkpoint, or an .onnx model) on the split cfg.test_name of cfg.data_dir.
 
     Writes eval_results.csv, eval_summary.json (and with save_wav, wav/) into
     <output_dir>/eval_<test_name>/. Returns (rows, summary).
@@ -236,28 +303,47 @@ def run_evaluation(cfg, log=print):
     from src.model.checkpoint import load_network
     from src.data.dataset import create_eval_dataset
     from src.deploy.inference import chunk_settings
+    from src.deploy.output_level import check_output_settings, output_subtype
 
+    metrics = check_metrics(cfg.metrics, cfg.sample_rate)
+    if cfg.save_wav > 0:
+        check_output_settings(cfg)
     if cfg.save_wav < 0:
         raise UserError(f"save_wav: expected a number of utterances >= 0, got {cfg.save_wav}")
     chunk, overlap, align = chunk_settings(cfg, "chunk_seconds")
-    net = load_network(cfg)
+    if cfg.ckpt_file.lower().endswith(".onnx"):
+        # An exported ONNX model, run by onnxruntime with the same chunking and scoring.
+        from src.deploy.onnx_runtime import check_settings, load_onnx
+        net = load_onnx(cfg.ckpt_file)
+        check_settings(net.settings, cfg, cfg.ckpt_file)
+    else:
+        net = load_network(cfg)
     dataset, ids = create_eval_dataset(cfg, cfg.test_name)
     eval_dir = os.path.join(cfg.output_dir, f"eval_{cfg.test_name}")
     ckpt = os.path.abspath(cfg.ckpt_file)
     key = {"ckpt_file": ckpt, "ckpt_mtime": os.path.getmtime(ckpt),
            "data_dir": os.path.abspath(cfg.data_dir), "test_name": cfg.test_name,
-           "eval_sdr": cfg.eval_sdr, "chunk_samples": chunk, "overlap_samples": overlap}
+           "eval_sdr": cfg.eval_sdr, "chunk_samples": chunk, "overlap_samples": overlap,
+           "metrics": sorted(metrics)}
     journal = Journal(os.path.join(eval_dir, ".eval_progress.jsonl"), key)
     if journal.done:
         log(f"resuming: {len(journal.done)} of {len(ids)} utterances already scored")
-    rows, summary = evaluate(net, dataset, ids, cfg.n_src, cfg.eval_sdr, chunk, overlap,
-                             align=align, progress=True, done=journal.done,
-                             on_utterance=wav_writer(os.path.join(eval_dir, "wav"),
-                                                     cfg.save_wav, cfg.sample_rate),
-                             on_row=journal.append)
-    csv_path, json_path = write_results(eval_dir, rows, summary,
-                                        {"ckpt_file": ckpt, "test_name": cfg.test_name,
-                                         "chunk_seconds": cfg.chunk_seconds})
+    try:
+        rows, summary = evaluate(net, dataset, ids, cfg.n_src, cfg.eval_sdr, chunk, overlap,
+                                 align=align, progress=True, done=journal.done,
+                                 on_utterance=wav_writer(os.path.join(eval_dir, "wav"),
+                                                         cfg.save_wav, cfg.sample_rate,
+                                                         cfg.output_scale, output_subtype(cfg)),
+                                 on_row=journal.append, metrics=metrics,
+                                 sample_rate=cfg.sample_rate)
+        csv_path, json_path = write_results(eval_dir, rows, summary,
+                                            {"ckpt_file": ckpt, "test_name": cfg.test_name,
+                                             "chunk_seconds": cfg.chunk_seconds})
+    except Exception:
+        # An error (data changed, disk full) leaves no progress file; a stopped or killed run
+        # keeps it and resumes.
+        journal.finish()
+        raise
     journal.finish()
     log(f"{cfg.test_name}: {summary_line(summary)}")
     log(f"per-utterance scores: {csv_path}; summary: {json_path}")

@@ -20,6 +20,7 @@ either with src.model.build_network.
 """
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.common.initializer import XavierNormal
 
 from src.model_utils.errors import UserError
 
@@ -56,14 +57,21 @@ class CumulativeLayerNorm(nn.Cell):
         return self.normalise(x, 1, 2) * self.gamma + self.beta
 
     def normalise(self, x, channel_axis, frame_axis):
-        """The statistics part of cLN, for channels on `channel_axis` and frames on `frame_axis`
-        (the CPU engine has the frames first)."""
-        cum_sum = ops.cumsum(x.sum(axis=channel_axis, keepdims=True), axis=frame_axis)
-        cum_pow_sum = ops.cumsum((x * x).sum(axis=channel_axis, keepdims=True), axis=frame_axis)
+        """x normalised with the running statistics of frames 0..k, for channels on `channel_axis`
+        and frames on `frame_axis` (the CPU engine has the frames first and uses this too). The
+        running sums, means and variances ([batch, 1, K] or [batch, K, 1]) are float64: float32
+        running sums lose precision as they grow, and on long signals the output drifts from an
+        exact computation (benchmarks/README.md). The streaming separator carries the same
+        sums."""
+        frame_sum = x.sum(axis=channel_axis, keepdims=True).astype(ms.float64)
+        frame_pow_sum = (x * x).sum(axis=channel_axis, keepdims=True).astype(ms.float64)
+        cum_sum = ops.cumsum(frame_sum, axis=frame_axis)
+        cum_pow_sum = ops.cumsum(frame_pow_sum, axis=frame_axis)
         count = ops.cumsum(ops.ones_like(cum_sum), axis=frame_axis) * self.channels
         cum_mean = cum_sum / count
         cum_var = ops.relu(cum_pow_sum / count - cum_mean * cum_mean)
-        return (x - cum_mean) / ops.sqrt(cum_var + EPS)
+        cum_std = ops.sqrt(cum_var + EPS)
+        return (x - cum_mean.astype(ms.float32)) / cum_std.astype(ms.float32)
 
 
 def make_norm(norm_type, channels):
@@ -204,12 +212,16 @@ class ConvTasNet(nn.Cell):
             raise UserError(f"edge_pad: expected a number of samples >= 0, got {edge_pad}")
         self.edge_pad = edge_pad
         self.front_pad = (L - 1 if causal else 0) + edge_pad
-        self.encoder = nn.Conv1d(1, N, L, stride=self.stride, has_bias=False, pad_mode="valid")
+        # Filterbanks initialised as Asteroid's (xavier normal, std sqrt(2 / (L (N + 1)))): with
+        # MindSpore's default (normal, std 0.1) they start several times larger and Adam's
+        # steps, about lr whatever the scale, move them relatively that much more slowly.
+        self.encoder = nn.Conv1d(1, N, L, stride=self.stride, has_bias=False, pad_mode="valid",
+                                 weight_init=XavierNormal())
         self.encoder_relu = encoder_activation == "relu"
         self.separator = TemporalConvNet(N, B, H, Sc, P, X, R, C, norm_type, causal,
                                          mask_nonlinear)
         self.decoder = nn.Conv1dTranspose(N, 1, L, stride=self.stride, has_bias=False,
-                                          pad_mode="valid")
+                                          pad_mode="valid", weight_init=XavierNormal())
         # MindSpore 2.7: ops.Pad (constant paddings) rather than ops.pad (PadV3): the ONNX
         # converter has no PadV3.
         self.input_pad = ops.Pad(((0, 0), (self.front_pad, edge_pad + L)))

@@ -12,9 +12,10 @@ Formats:
         configuration is read from `model_args`.
     Asteroid state_dict (`masker.*` keys) and torchaudio's ConvTasNet state_dict
         (`mask_generator.*` keys): sizes are read from the tensor shapes; what a state_dict does not
-        record (X, hence R; and for Asteroid the mask and encoder activations, gLN or cLN, the
-        sample rate) comes from the configuration (--X, --mask_nonlinear, ...).
-torchaudio's model is gLN (eps 1e-8), sigmoid masks, skip channels = B, the input padded with L/2
+        record (X, hence R; the mask activation; for Asteroid also the encoder activation, gLN
+        or cLN; the sample rate) comes from the configuration (--X, --mask_nonlinear, ...).
+torchaudio's model is gLN (eps 1e-8), relu masks for conv_tasnet_base() and its pretrained bundle
+(sigmoid for ConvTasNet's own default), skip channels = B, the input padded with L/2
 zeros at both ends (edge_pad = L/2), and no residual conv in the last block (its output is never
 used when there are skip connections; the converted model gets zeros there).
 """
@@ -37,6 +38,10 @@ _STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64,
                    "BoolStorage": np.bool_, "UntypedStorage": np.uint8}
 
 
+class _TensorRefused(Exception):
+    """A tensor of the file that is not read (its reason); reported with the file's path."""
+
+
 class _StorageType:
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
@@ -46,8 +51,19 @@ class _Version(str):
     """Stand-in for torch.torch_version.TorchVersion (a str subclass)."""
 
 
+# The most elements one tensor of a weight file may hold: the largest tensor of a Conv-TasNet of
+# any sensible size is far below it, and reading never allocates more than 4 bytes x this.
+MAX_TENSOR_ELEMENTS = 10 ** 8
+
+
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    """torch._utils._rebuild_tensor_v2 on a numpy storage: a copy of the strided view."""
+    """torch._utils._rebuild_tensor_v2 on a numpy storage: a copy of the strided view.
+
+    A view of more elements than its storage holds from `offset` (an expanded or overlapping
+    view, e.g. torch.zeros(1).expand(10**10): a weight file never holds one, and its copy could
+    take any amount of memory) is refused before anything is allocated. Storages hold at most
+    MAX_TENSOR_ELEMENTS (`_RestrictedUnpickler.persistent_load`), and so does every tensor.
+    """
     size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
     if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
         raise ValueError(f"malformed tensor (size {size}, stride {stride}, offset {offset})")
@@ -56,6 +72,11 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= len(storage):
         raise ValueError(f"tensor of size {size} reaches past its storage of {len(storage)}")
+    elements = int(np.prod(size, dtype=object))
+    if elements > len(storage) - offset:
+        raise _TensorRefused(f"a tensor of size {size} has {elements} elements but its storage "
+                             f"holds {len(storage) - offset} (an expanded or overlapping view, "
+                             "which a weight file does not hold)")
     view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                            strides=[s * storage.itemsize for s in stride])
     return np.array(view)
@@ -119,6 +140,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
             entry = f"{self.prefix}data/{key}"
             if entry not in self.archive.namelist():
                 raise UserError(f"{self.path}: tensor storage '{entry}' missing from the archive")
+            elements = self.archive.getinfo(entry).file_size // pid[1].dtype.itemsize
+            if elements > MAX_TENSOR_ELEMENTS:
+                raise UserError(f"{self.path}: refused: tensor storage '{entry}' holds {elements} "
+                                f"elements, more than a Conv-TasNet holds (at most "
+                                f"{MAX_TENSOR_ELEMENTS}); nothing was read")
             dtype = pid[1].dtype.newbyteorder(self.byteorder)
             data = np.frombuffer(self.archive.read(entry), dtype=dtype)
             self.storages[key] = data.astype(pid[1].dtype)
@@ -140,6 +166,8 @@ def read_torch_file(path):
         with archive.open(pickles[0]) as f:
             try:
                 return _RestrictedUnpickler(f, archive, prefix, path).load()
+            except _TensorRefused as err:
+                raise UserError(f"{path}: refused: {err}; nothing was allocated") from None
             except (pickle.UnpicklingError, ValueError, TypeError, EOFError, AttributeError) as err:
                 raise UserError(f"{path}: unreadable pickle ({str(err)[:160]})") from None
 
@@ -225,6 +253,8 @@ def _count_blocks(state, pattern):
 
 
 def _split_blocks(total, cfg, path):
+    if cfg.X < 1:
+        raise UserError(f"X: expected the model's blocks per repeat (>= 1), got {cfg.X}")
     if total % cfg.X:
         raise UserError(f"{path}: {total} convolutional blocks cannot be {cfg.X} per repeat "
                         f"(X={cfg.X}); pass the model's --X")
@@ -289,9 +319,12 @@ def state_dict_config(kind, state, cfg, path):
     X, R = _split_blocks(_count_blocks(state, names["blocks"]), cfg, path)
     n_src = _shape(state, names["mask"], path)[0] // N
     if kind == "torchaudio":
+        # The mask activation is not in the state_dict: torchaudio's ConvTasNet defaults to
+        # sigmoid, but conv_tasnet_base() (and so its pretrained bundle) builds relu masks.
         return dict(N=N, L=L, B=B, H=H, Sc=Sc, P=P, X=X, R=R, n_src=n_src, norm_type="gLN",
-                    causal=False, mask_nonlinear="sigmoid", encoder_activation="linear",
-                    edge_pad=L // 2, sample_rate=cfg.sample_rate), ("X", "sample_rate")
+                    causal=False, mask_nonlinear=cfg.mask_nonlinear, encoder_activation="linear",
+                    edge_pad=L // 2, sample_rate=cfg.sample_rate), \
+            ("X", "mask_nonlinear", "sample_rate")
     batch_norm = any(k.endswith("running_mean") for k in state)
     norm_type = "BN" if batch_norm else ("cLN" if cfg.norm_type == "cLN" else "gLN")
     assumed = ("X", "mask_nonlinear", "encoder_activation", "sample_rate") + \
@@ -347,6 +380,11 @@ def convert(src, dst, cfg):
 
     if not dst.endswith(".ckpt"):
         raise UserError(f"dst: expected a file name ending in .ckpt, got {dst!r}")
+    recipe = os.path.splitext(dst)[0] + ".yaml"
+    existing = [p for p in (dst, recipe) if os.path.exists(p)]
+    if existing and not cfg.overwrite:
+        raise UserError(f"dst: {' and '.join(existing)}: already there, not replaced (pass "
+                        "--overwrite=true to replace, or choose another --dst)")
     kind, state, model_args = detect_format(read_torch_file(src), src)
     settings, assumed = (asteroid_config(model_args, src), ()) if model_args is not None \
         else state_dict_config(kind, state, cfg, src)
@@ -363,7 +401,6 @@ def convert(src, dst, cfg):
             params[name] = np.zeros(targets[name], np.float32)
     ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in params.items()},
                            strict_load=True)
-    recipe = os.path.splitext(dst)[0] + ".yaml"
     save_checkpoint(net, dst)
     write_yaml(recipe, {key: settings[key] for key in MODEL_KEYS})
     return kind, settings, assumed, recipe

@@ -9,8 +9,7 @@ import json
 import os
 import tempfile
 
-import yaml
-
+TEMPORARY_PREFIX = ".tmp-"
 
 def _umask():
     mask = os.umask(0o022)
@@ -23,19 +22,29 @@ def atomic_output(path):
     """Yield a temporary path next to `path`; rename it to `path` when the block succeeds.
 
     The temporary name keeps the extension of `path` (some writers, such as MindSpore's
-    `save_checkpoint`, add one otherwise). On an exception the temporary file is removed.
+    `save_checkpoint`, add one otherwise). On an exception the temporary file is removed, with
+    what a writer made of its name (MindSpore's `save_checkpoint` first writes `<stem>.tmp`), and
+    an OSError that names no file (a write on a full disk) is raised again naming `path`.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=os.path.splitext(path)[1],
+                                   dir=directory)
+    except OSError as err:          # name the file asked for, not a temporary name
+        raise OSError(err.errno, err.strerror, path) from None
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as err:
+        stem = os.path.splitext(tmp)[0]
+        for made in [tmp] + glob.glob(glob.escape(stem) + ".*"):
+            if os.path.isfile(made):
+                os.remove(made)
+        if isinstance(err, OSError) and err.filename is None and err.errno:
+            raise OSError(err.errno, os.strerror(err.errno), path) from None
         raise
 
 
@@ -46,7 +55,7 @@ def remove_leftovers(directory):
     MindSpore's `save_checkpoint` writes before renaming it to the temporary `.ckpt` name.
     Call it only where no other process is writing into `directory`.
     """
-    for path in glob.glob(os.path.join(glob.escape(directory), ".tmp-*")):
+    for path in glob.glob(os.path.join(glob.escape(directory), TEMPORARY_PREFIX + "*")):
         if os.path.isfile(path):
             os.remove(path)
 
@@ -65,4 +74,6 @@ def write_json(path, obj, indent=2):
 
 def write_yaml(path, mapping):
     """Write a mapping as YAML (safe_dump, keys in the given order) atomically."""
+    # Imported here: separating with an ONNX model needs no YAML (src/deploy/onnx_runtime.py).
+    import yaml
     write_text(path, yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True))

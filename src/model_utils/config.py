@@ -1,14 +1,18 @@
 """Configuration: `default_config.yaml` plus an optional recipe file plus command-line overrides.
 
-The model-zoo pattern. `default_config.yaml` holds three YAML documents: the values, a help text for
-every key, and the allowed choices for some keys. Every key becomes a `--key=value` flag. A recipe
+The model-zoo pattern. `default_config.yaml` holds four YAML documents: the values, a help text for
+every key, the allowed choices for some keys, and the allowed ranges of numbers (conditions such
+as ">= 1", "> 0, <= 1" or ">= 2, even"). Every key becomes a `--key=value` flag. A recipe
 (`--config_path configs/xxx.yaml`) holds values only, for any subset of the keys, and is applied
 over the defaults; the command line is applied last. Values are parsed with `yaml.safe_load` and
 must have the type of the default (an int is accepted where a float is expected). Unknown keys,
-values of the wrong type and values outside the choices raise `UserError` naming the key.
+values of the wrong type, outside the choices or outside the range raise `UserError` naming the
+key, when the configuration is loaded: before any script starts its work or goes to the background.
 """
 import argparse
+import operator
 import os
+import re
 import sys
 
 import yaml
@@ -22,14 +26,19 @@ DEFAULT_CONFIG = os.path.join(ROOT, "default_config.yaml")
 class Config:
     """Attribute access to a flat dict of settings: `cfg.lr`, `cfg.to_dict()`."""
 
-    def __init__(self, values):
+    def __init__(self, values, command_line=()):
         self.__dict__.update(values)
+        self.__dict__["_command_line"] = frozenset(command_line)
 
     def to_dict(self):
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "_command_line"}
+
+    def on_command_line(self, key):
+        """True when `key` was given as a flag (not taken from the defaults or the recipe)."""
+        return key in self._command_line
 
     def __repr__(self):
-        return "\n".join(f"{k}: {v!r}" for k, v in sorted(self.__dict__.items()))
+        return "\n".join(f"{k}: {v!r}" for k, v in sorted(self.to_dict().items()))
 
 
 def _read_yaml_docs(path):
@@ -79,12 +88,40 @@ def check_value(key, value, default, choices=None, source="command line"):
     return converted
 
 
+_COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+_CONDITION = re.compile(r"^(>=|>|<=|<)\s*(-?[0-9.e+-]+)$|^even$")
+
+
+def check_range(key, value, condition, source="command line"):
+    """Raise UserError naming `key` when the number `value` breaks `condition` (e.g. "> 0, <= 1").
+
+    Lists are checked item by item; None (a key without a default) is not checked.
+    """
+    if value is None:
+        return
+    for item in (value if isinstance(value, list) else [value]):
+        for part in str(condition).split(","):
+            part = part.strip()
+            match = _CONDITION.match(part)
+            if match is None:
+                raise ValueError(f"default_config.yaml: range of {key}: bad condition {part!r}")
+            ok = item % 2 == 0 if part == "even" else \
+                _COMPARISONS[match.group(1)](item, float(match.group(2)))
+            if not ok:
+                raise UserError(f"{key}: expected {condition}, got {value!r} ({source})")
+
+
+_UNSET = object()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(message)
 
 
 def _parse_cli_value(text):
+    if text == "-":
+        return text  # standard input or output, not a YAML list
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -102,13 +139,14 @@ def load_config(argv=None, description=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     docs = _read_yaml_docs(DEFAULT_CONFIG)
-    defaults, helps, choices = (docs + [{}, {}])[:3]
+    defaults, helps, choices, ranges = (docs + [{}, {}, {}])[:4]
 
     pre = _Parser(add_help=False)
     pre.add_argument("--config_path", default=DEFAULT_CONFIG)
     known, _ = pre.parse_known_args(argv)
     values = dict(defaults)
     config_path = os.path.abspath(known.config_path)
+    recipe = {}
     if config_path != DEFAULT_CONFIG:
         recipe = _read_yaml_docs(config_path)[0]
         for key, value in recipe.items():
@@ -129,5 +167,12 @@ def load_config(argv=None, description=None):
         given = getattr(args, key)
         if given is not values[key]:
             values[key] = check_value(key, given, defaults[key], choices.get(key))
+    # Parsed again with every default unset: the keys that are still set came from argv.
+    parser.set_defaults(**dict.fromkeys([*values, "config_path"], _UNSET))
+    command_line = {k for k, v in vars(parser.parse_args(argv)).items() if v is not _UNSET}
+    for key, condition in ranges.items():
+        source = "command line" if key in command_line else \
+            (os.path.basename(config_path) if key in recipe else "default_config.yaml")
+        check_range(key, values[key], condition, source)
     values["config_path"] = config_path
-    return Config(values)
+    return Config(values, command_line)

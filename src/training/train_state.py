@@ -103,9 +103,10 @@ def stops_early(state, stop_patience):
     return stop_patience > 0 and state.since_best >= stop_patience
 
 
-def save_train_checkpoint(step_cell, path, state):
-    """Network, optimizer and `state` of a training cell (`make_train_step`), written atomically."""
-    save_checkpoint(step_cell, path, extra={STATE_KEY: state.to_json()})
+def save_train_checkpoint(step_cell, path, state, settings=None):
+    """Network, optimizer and `state` of a training cell (`make_train_step`), written atomically;
+    `settings` (the ConvTasNet keywords) are recorded for the loaders' checks."""
+    save_checkpoint(step_cell, path, extra={STATE_KEY: state.to_json()}, settings=settings)
 
 
 def resume_path(resume, directory):
@@ -120,13 +121,14 @@ def resume_path(resume, directory):
     return resume
 
 
-def load_train_checkpoint(step_cell, net, path):
+def load_train_checkpoint(step_cell, net, path, settings=None):
     """Restore network and optimizer of `step_cell` from `path`; returns its TrainState.
 
-    A parameter missing or of another shape raises UserError naming it (and both shapes).
+    A checkpoint of another model (`load_weights`: a parameter missing, of another shape or not
+    used by `net`, a recorded setting other than `settings`) raises UserError naming it.
     """
     params = read_checkpoint(path)
-    load_weights(net, path, params)
+    load_weights(net, path, params, settings)
     if STATE_KEY not in params:
         raise UserError(f"{path}: no training state in this checkpoint (it holds weights only); "
                         "resume needs a checkpoint written by train.py")

@@ -12,23 +12,25 @@ rank 0 writes the checkpoints (see src/training/train_state.py) and the curves (
 a NaN/inf loss or gradient is skipped and logged; max_nonfinite_steps of them in a row stop the run
 with an error and leave the last checkpoint as it was.
 """
+import glob
 import hashlib
 import math
 import os
 import sys
 import time
 
-from tqdm import tqdm
-
-from src.model.build import build_network
-from src.training.curves import write_curves
+from src.model.build import build_network, model_kwargs
+from src.training.curves import CSV_NAME, JSON_NAME, PNG_NAME, write_curves
+from src.data.dataset import read_rows
 from src.model_utils.atomic import remove_leftovers, write_yaml
 from src.model_utils.errors import UserError
+from src.model_utils.progress import is_terminal, progress_bar
 from src.evaluation.evaluate import evaluate
 from src.deploy.inference import dynamic_model_function
-from src.training.train_state import (TrainState, best_path, end_of_epoch, epoch_path, last_path,
-                             load_train_checkpoint, new_running, prune_epoch_checkpoints,
-                             resume_path, save_train_checkpoint, stops_early)
+from src.training.train_state import (PREFIX, TrainState, best_path, end_of_epoch, epoch_path,
+                                      last_path, load_train_checkpoint, new_running,
+                                      prune_epoch_checkpoints, resume_path, save_train_checkpoint,
+                                      stops_early)
 from src.training.train_step import init_parallel, make_train_step, set_learning_rate
 
 CONFIG_NAME = "config.yaml"
@@ -40,7 +42,7 @@ class RunLog:
     def __init__(self, rank_id=0, rank_size=1):
         self.prefix = f"[rank {rank_id}] " if rank_size > 1 else ""
         self.bar = None
-        self.show_bar = rank_id == 0 and sys.stdout.isatty()
+        self.show_bar = rank_id == 0 and is_terminal(sys.stdout)
         self.compiled = False  # the first step of a process includes the graph compilation
 
     def __call__(self, message):
@@ -52,8 +54,8 @@ class RunLog:
 
     def open_bar(self, epoch, total, initial):
         if self.show_bar:
-            self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}", leave=False,
-                            dynamic_ncols=True, file=sys.stdout)
+            self.bar = progress_bar(total=total, initial=initial, desc=f"epoch {epoch}",
+                                    file=sys.stdout)
 
     def advance(self, loss):
         if self.bar is not None:
@@ -70,6 +72,34 @@ def save_config(cfg, directory):
     """Write the resolved configuration as `config.yaml`, usable as --config_path."""
     values = {k: v for k, v in cfg.to_dict().items() if k != "config_path"}
     write_yaml(os.path.join(directory, CONFIG_NAME), values)
+
+
+def previous_run_files(directory):
+    """The checkpoints and curves a training run left in `directory` (sorted paths)."""
+    found = glob.glob(os.path.join(glob.escape(directory), f"{PREFIX}-*.ckpt"))
+    curves = [os.path.join(directory, name) for name in (CSV_NAME, JSON_NAME, PNG_NAME)]
+    return sorted(found + [path for path in curves if os.path.isfile(path)])
+
+
+def claim_output_dir(directory, overwrite, is_main, log):
+    """Make sure a new run does not mix its files with those of another run in `directory`.
+
+    Without `overwrite` another run's checkpoints or curves there are an error; with it, rank 0
+    removes them, so that no old epoch checkpoint sits beside the new ones.
+    """
+    previous = previous_run_files(directory)
+    if not previous:
+        return
+    if not overwrite:
+        raise UserError(f"output_dir: {directory} holds a training run "
+                        f"({', '.join(os.path.basename(p) for p in previous[:3])}"
+                        f"{', ...' if len(previous) > 3 else ''}); pass --resume=auto to continue "
+                        "it, or a new --output_dir (--overwrite=true replaces it)")
+    if is_main:
+        for old in previous:
+            os.remove(old)
+        log(f"overwrite: removed the {len(previous)} checkpoints and curves of the previous run "
+            f"in {directory}")
 
 
 def validation_scorer(net, dataset, cfg, progress=False):
@@ -95,7 +125,11 @@ def validation_scorer(net, dataset, cfg, progress=False):
 def train(cfg):
     """Train as configured by `cfg` (train.py). Returns the final TrainState."""
     from src.data.dataset import create_eval_dataset, create_train_dataset
+    from src.data.librimix import training_split
     rank_id, rank_size = init_parallel(cfg)
+    cfg.train_name, note = training_split(cfg)
+    if note:
+        RunLog(rank_id, rank_size)(note)
     train_set = create_train_dataset(cfg, rank_id, rank_size)
     valid_set, _ = create_eval_dataset(cfg, cfg.valid_name, cfg.cv_maxlen)
     net = build_network(cfg)
@@ -111,15 +145,20 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
     out_dir = os.path.abspath(cfg.output_dir)
     is_main = rank_id == 0
     log = RunLog(rank_id, rank_size)
+    path = resume_path(cfg.resume, out_dir)
+    if not path:
+        if cfg.resume == "auto":
+            log(f"nothing to resume in {out_dir}: starting a new run")
+        claim_output_dir(out_dir, cfg.overwrite, is_main, log)
     steps_per_epoch = train_set.get_dataset_size()
     if steps_per_epoch < 1:
         raise UserError(f"batch_size: {cfg.batch_size} is more than the training mixtures of one "
                         f"device; the training set gives no batch")
     step_cell = make_train_step(net, cfg)
     validation_si_snri = validation_scorer(net, valid_set, cfg, progress=log.show_bar)
-    path = resume_path(cfg.resume, out_dir)
+    settings = model_kwargs(cfg)
     if path:
-        state = load_train_checkpoint(step_cell, net, path)
+        state = load_train_checkpoint(step_cell, net, path, settings)
         log(f"resumed from {path}: {state.epoch} epochs and {state.epoch_step} steps done, "
             f"{state.step} steps in all, lr {state.lr:.3g}")
     else:
@@ -134,7 +173,7 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
 
     def save_last():
         if is_main:
-            save_train_checkpoint(step_cell, last_path(out_dir), state)
+            save_train_checkpoint(step_cell, last_path(out_dir), state, settings)
 
     batches = None
     while state.epoch < cfg.epochs:
@@ -165,10 +204,11 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
         if is_main:
             save_last()
             if cfg.keep_checkpoint_max > 0:
-                save_train_checkpoint(step_cell, epoch_path(out_dir, state.epoch), state)
+                save_train_checkpoint(step_cell, epoch_path(out_dir, state.epoch), state,
+                                      settings)
                 prune_epoch_checkpoints(out_dir, cfg.keep_checkpoint_max)
             if improved:
-                save_train_checkpoint(step_cell, best_path(out_dir), state)
+                save_train_checkpoint(step_cell, best_path(out_dir), state, settings)
             write_curves(state.history, out_dir)
     # Equal on every rank of a data-parallel run: the ranks' logs can be compared.
     log(f"finished after {state.epoch} epochs; parameters sha1 {parameters_digest(net)}")
@@ -195,7 +235,7 @@ def resume_iterator(dataset, state, steps_per_epoch, epochs):
     start = state.epoch * steps_per_epoch + state.epoch_step
     if start:
         dataset.set_init_step(start)
-    return dataset.create_dict_iterator(num_epochs=epochs)
+    return read_rows(dataset, num_epochs=epochs)
 
 
 def run_epoch(cfg, step_cell, batches, state, log, steps_per_epoch, samples_per_step, save_last):

@@ -1,0 +1,365 @@
+"""This project's training against Asteroid's on the same real-speech mixtures, several seeds each.
+
+Builds (once) a mini LibriMix of real speech with benchmarks/make_minilibrimix.py, speakers disjoint
+between train-360, dev and test, and preprocesses it; then trains, for every seed, each arm for the
+same number of epochs (so the same number of steps), and scores the last weights on the whole test
+mixtures (SI-SNRi, SDRi, with the project's scoring: src/evaluation/evaluate.py):
+    asteroid      Asteroid's ConvTasNet, PITLossWrapper(pairwise_neg_sisdr), torch.optim.Adam,
+                  clip_grad_norm_, random crops of the same preprocessed mixtures (run by
+                  --torch_python, an interpreter with torch and asteroid)
+    mindspore     train.py on the stored mixtures
+    mindspore_dm  train.py with dynamic mixing and speed perturbation (--dm_flags)
+Both frameworks take the model, crop length, batch, learning rate, clipping and weight decay from
+the same configuration (--config_path, default configs/demo_cpu.yaml); no LR halving, no early
+stop. Every run appends one record to --results (JSON) as soon as it is scored, so a stopped
+benchmark resumes with the runs it has not done (a run stopped mid-way resumes from its last
+epoch); --png gets every run's training-loss and validation curves.
+
+    python benchmarks/compare_training.py --librispeech DIR --work_dir DIR
+        --torch_python PATH [--seeds 1,2,3] [--epochs 5] [--arms asteroid,mindspore,mindspore_dm]
+        [--results benchmarks/results/compare_training.json] [--png ...compare_training.png]
+        [--config_path configs/demo_cpu.yaml] [--<config key>=<value> ...]
+        [mini LibriMix sizes: --train_mixtures ...]
+
+torch and asteroid are not project dependencies: install them as benchmarks/README.md says.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from src.model_utils.atomic import write_json  # noqa: E402
+from src.model_utils.errors import UserError, run_main  # noqa: E402
+
+ARMS = ("asteroid", "mindspore", "mindspore_dm")
+CHILD_FLAG = "--_asteroid_run"
+MODEL_KEYS = ("N", "L", "B", "H", "Sc", "P", "X", "R", "n_src", "norm_type", "causal",
+              "mask_nonlinear", "sample_rate")
+TRAIN_KEYS = ("segment", "batch_size", "lr", "l2", "clip_grad_norm")
+
+
+# ---------------------------------------------------------------- Asteroid side (torch process)
+
+def read_split(data_dir, split, n_src):
+    """[(mixture [T], sources [C, T])] of a preprocessed split, read from its WAV lists."""
+    import soundfile as sf
+    with open(os.path.join(data_dir, split, "mix.json"), encoding="utf-8") as f:
+        mixtures = json.load(f)
+    streams = []
+    for c in range(n_src):
+        with open(os.path.join(data_dir, split, f"s{c + 1}.json"), encoding="utf-8") as f:
+            streams.append(json.load(f))
+    return [(sf.read(mix[0], dtype="float32")[0],
+             np.stack([sf.read(s[i][0], dtype="float32")[0] for s in streams]))
+            for i, mix in enumerate(mixtures)]
+
+
+def asteroid_run(spec):
+    """Train Asteroid's ConvTasNet as `spec` says; write curves and test estimates to spec's dir.
+
+    Crops as this project's loader with short_policy drop: each epoch every training mixture at
+    least `segment` long gives one random crop, in a random order, batches without remainder.
+    """
+    import torch
+    from asteroid.losses import PITLossWrapper, pairwise_neg_sisdr
+    from compare_pytorch import asteroid_model
+
+    torch.set_num_threads(spec["threads"])
+    model_cfg, out = spec["model"], spec["out_dir"]
+    rng = np.random.default_rng(spec["seed"])
+    torch.manual_seed(spec["seed"])
+    net = asteroid_model(model_cfg)
+    optimizer = torch.optim.Adam(net.parameters(), lr=spec["lr"], weight_decay=spec["l2"])
+    loss_fn = PITLossWrapper(pairwise_neg_sisdr, pit_from="pw_mtx")
+    segment = int(round(spec["segment"] * model_cfg["sample_rate"]))
+    train = [x for x in read_split(spec["data_dir"], "train-360", model_cfg["n_src"])
+             if len(x[0]) >= segment]
+    dev = read_split(spec["data_dir"], "dev", model_cfg["n_src"])
+    batch = spec["batch_size"]
+    steps_per_epoch = len(train) // batch
+    state_path = os.path.join(out, "asteroid_last.pt")
+    history = []
+    if os.path.isfile(state_path):
+        state = torch.load(state_path, weights_only=False)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+    while len(history) < spec["epochs"]:
+        net.train()
+        order = rng.permutation(len(train))
+        losses, seconds = [], 0.0
+        for step in range(steps_per_epoch):
+            mixtures, sources = [], []
+            for i in order[step * batch:(step + 1) * batch]:
+                mixture, refs = train[i]
+                start = int(rng.integers(0, len(mixture) - segment + 1))
+                mixtures.append(mixture[start:start + segment])
+                sources.append(refs[:, start:start + segment])
+            x = torch.from_numpy(np.stack(mixtures))
+            y = torch.from_numpy(np.stack(sources))
+            started = time.perf_counter()
+            optimizer.zero_grad()
+            loss = loss_fn(net(x), y)
+            loss.backward()
+            if spec["clip_grad_norm"] > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), spec["clip_grad_norm"])
+            optimizer.step()
+            seconds += time.perf_counter() - started
+            losses.append(loss.item())
+            if (step + 1) % 25 == 0:
+                print(f"asteroid seed {spec['seed']} epoch {len(history) + 1} step {step + 1}: "
+                      f"loss {np.mean(losses[-25:]):.4f}", flush=True)
+        net.eval()
+        with torch.inference_mode():
+            valid = [loss_fn(net(torch.from_numpy(m)[None]), torch.from_numpy(s)[None]).item()
+                     for m, s in dev]
+        history.append(dict(epoch=len(history) + 1, steps=steps_per_epoch,
+                            train_loss=float(np.mean(losses)), valid_loss=float(np.mean(valid)),
+                            seconds=round(seconds, 3)))
+        print(f"asteroid seed {spec['seed']} epoch {len(history)}: train loss "
+              f"{history[-1]['train_loss']:.4f} valid loss {history[-1]['valid_loss']:.4f} "
+              f"{1000 * seconds / steps_per_epoch:.0f} ms/step", flush=True)
+        tmp = state_path + ".tmp"
+        torch.save(dict(model=net.state_dict(), optimizer=optimizer.state_dict(),
+                        history=history, rng=rng.bit_generator.state,
+                        torch_rng=torch.get_rng_state()), tmp)
+        os.replace(tmp, state_path)
+    net.eval()
+    test = read_split(spec["data_dir"], "test", model_cfg["n_src"])
+    with torch.inference_mode():
+        estimates = {f"e{i}": net(torch.from_numpy(m)[None])[0].numpy()
+                     for i, (m, _) in enumerate(test)}
+    np.savez(os.path.join(out, "test_estimates.tmp.npz"), **estimates)
+    os.replace(os.path.join(out, "test_estimates.tmp.npz"), os.path.join(out, "test_estimates.npz"))
+    write_json(os.path.join(out, "asteroid_curves.json"), history)
+
+
+# ---------------------------------------------------------------- driver (project environment)
+
+def run(command, log_path):
+    """Run `command`, its output appended to `log_path`; UserError naming the log on failure."""
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if done.returncode:
+        raise UserError(f"{command[1]} failed (exit {done.returncode}); see {log_path}")
+
+
+def prepare_data(args, log_path):
+    """The preprocessed mini LibriMix under work_dir (built the first time); its data_dir."""
+    mini = os.path.join(args.work_dir, "mini")
+    data_dir = os.path.join(args.work_dir, "data")
+    if not os.path.isdir(os.path.join(mini, "Libri2Mix")):
+        run([sys.executable, "benchmarks/make_minilibrimix.py", "--librispeech", args.librispeech,
+             "--out_dir", mini, "--dev_speakers", str(args.dev_speakers),
+             "--test_speakers", str(args.test_speakers),
+             "--train_mixtures", str(args.train_mixtures), "--dev_mixtures",
+             str(args.dev_mixtures), "--test_mixtures", str(args.test_mixtures),
+             "--dev_max_seconds", str(args.dev_max_seconds), "--seed", str(args.data_seed)],
+            log_path)
+    if not os.path.isfile(os.path.join(data_dir, "test", "info.json")):
+        run([sys.executable, "preprocess.py", "--in_dir", os.path.join(mini, "Libri2Mix"),
+             "--out_dir", data_dir, "--splits", "[train-360,dev,test]", "--overwrite=true",
+             "--preprocess_workers=1"], log_path)
+    return data_dir
+
+
+def input_si_snr(data_dir, split, n_src):
+    """Mean over the utterances of `split` of the mixture's mean SI-SNR against the sources."""
+    from src.evaluation.metrics import si_snr
+    return float(np.mean([np.mean([si_snr(m, s) for s in refs])
+                          for m, refs in read_split(data_dir, split, n_src)]))
+
+
+def score_estimates(path, data_dir, n_src):
+    """{si_snri, sdri, ...} means of the Asteroid estimates in `path` on the test split."""
+    from src.evaluation.evaluate import score_utterance, summarize
+    estimates = np.load(path)
+    rows = []
+    for i, (mixture, refs) in enumerate(read_split(data_dir, "test", n_src)):
+        scores, _ = score_utterance(estimates[f"e{i}"], refs, mixture)
+        rows.append(dict(length=len(mixture), **scores))
+    return summarize(rows)
+
+
+def ms_per_step(rows):
+    """Median training time per step over the epochs after the first (which compiles)."""
+    rest = rows[1:] or rows
+    return float(np.median([1000 * r["seconds"] / r["steps"] for r in rest]))
+
+
+def run_asteroid(args, spec, out, log_path, data_dir, dev_input):
+    spec = dict(spec, out_dir=out)
+    run([args.torch_python, os.path.abspath(__file__), f"{CHILD_FLAG}={json.dumps(spec)}"],
+        log_path)
+    with open(os.path.join(out, "asteroid_curves.json"), encoding="utf-8") as f:
+        rows = json.load(f)
+    for row in rows:   # valid SI-SNRi = -(valid loss) - the mixtures' own SI-SNR
+        row["valid_si_snri"] = -row["valid_loss"] - dev_input
+    return rows, score_estimates(os.path.join(out, "test_estimates.npz"), data_dir,
+                                 spec["model"]["n_src"])
+
+
+def run_mindspore(args, config_flags, arm, seed, out, log_path, data_dir, dev_input):
+    flags = [f"--config_path={args.config_path}", *config_flags, f"--data_dir={data_dir}",
+             f"--output_dir={out}", f"--seed={seed}", f"--epochs={args.epochs}",
+             "--lr_patience=0", "--early_stop_patience=0", "--short_policy=drop",
+             "--cv_maxlen=0", "--keep_checkpoint_max=0", "--resume=auto",
+             f"--log_interval={args.log_interval}"]
+    if arm == "mindspore_dm":
+        flags += args.dm_flags.split()
+    run([sys.executable, "train.py", *flags], log_path)
+    run([sys.executable, "eval.py", f"--config_path={os.path.join(out, 'config.yaml')}",
+         f"--ckpt_file={os.path.join(out, 'conv_tasnet-last.ckpt')}", f"--data_dir={data_dir}",
+         f"--output_dir={out}", "--test_name=test"], log_path)
+    with open(os.path.join(out, "curves.json"), encoding="utf-8") as f:
+        rows = json.load(f)
+    for row in rows:
+        row["valid_loss"] = -row["valid_si_snri"] - dev_input
+    with open(os.path.join(out, "eval_test", "eval_summary.json"), encoding="utf-8") as f:
+        return rows, json.load(f)
+
+
+def summarize_arms(records):
+    """Mean, standard deviation, min and max over the seeds of each arm's numbers."""
+    table = {}
+    for arm in ARMS:
+        runs = [r for r in records if r["arm"] == arm]
+        if not runs:
+            continue
+        table[arm] = {"seeds": [r["seed"] for r in runs]}
+        for key in ("si_snri", "sdri", "final_train_loss", "final_valid_loss", "ms_per_step"):
+            values = np.array([r[key] for r in runs], float)
+            spread = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            table[arm][key] = dict(mean=round(float(values.mean()), 3), std=round(spread, 3),
+                                   min=round(float(values.min()), 3),
+                                   max=round(float(values.max()), 3))
+    return table
+
+
+def plot(records, path):
+    """Every run's training loss and validation SI-SNRi against steps, colour per arm."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from src.model_utils.atomic import atomic_output
+    colours = dict(asteroid="tab:orange", mindspore="tab:blue", mindspore_dm="tab:green")
+    figure = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    for record in records:
+        steps = np.cumsum([r["steps"] for r in record["curves"]])
+        label = f"{record['arm']} seed {record['seed']}"
+        axes[0].plot(steps, [r["train_loss"] for r in record["curves"]], marker=".",
+                     color=colours[record["arm"]], alpha=0.8, label=label)
+        axes[1].plot(steps, [r["valid_si_snri"] for r in record["curves"]], marker=".",
+                     color=colours[record["arm"]], alpha=0.8)
+    axes[0].set(xlabel="training steps", ylabel="training loss (-SI-SNR, dB), epoch mean")
+    axes[1].set(xlabel="training steps", ylabel="validation SI-SNRi (dB), unseen speakers")
+    axes[0].legend(fontsize=6)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    child = [a for a in argv if a.startswith(CHILD_FLAG + "=")]
+    if child:
+        asteroid_run(json.loads(child[0].split("=", 1)[1]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--librispeech", required=True, help="folder of LibriSpeech utterances")
+    parser.add_argument("--work_dir", required=True, help="data and runs are kept here")
+    parser.add_argument("--torch_python", required=True, help="interpreter with torch, asteroid")
+    parser.add_argument("--config_path", default="configs/demo_cpu.yaml")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--dm_flags",
+                        default="--dynamic_mixing=true --speed_perturb=[0.95,1.0,1.05]",
+                        help="train.py flags of the mindspore_dm arm")
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch threads")
+    parser.add_argument("--results", default="benchmarks/results/compare_training.json")
+    parser.add_argument("--png", default="benchmarks/results/compare_training.png")
+    parser.add_argument("--log_interval", type=int, default=50)
+    parser.add_argument("--train_mixtures", type=int, default=400)
+    parser.add_argument("--dev_mixtures", type=int, default=20)
+    parser.add_argument("--test_mixtures", type=int, default=20)
+    parser.add_argument("--dev_speakers", type=int, default=40)
+    parser.add_argument("--test_speakers", type=int, default=40)
+    parser.add_argument("--dev_max_seconds", type=float, default=3.0)
+    parser.add_argument("--data_seed", type=int, default=0)
+    args, config_flags = parser.parse_known_args(argv)
+    if any(not f.startswith("--") or "=" not in f for f in config_flags):
+        raise UserError(f"expected config flags as --key=value, got {config_flags}")
+    arms = args.arms.split(",")
+    if any(a not in ARMS for a in arms):
+        raise UserError(f"--arms: expected names from {ARMS}, got {args.arms!r}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if not os.path.isfile(args.torch_python) and "asteroid" in arms:
+        raise UserError(f"--torch_python: {args.torch_python} not found")
+    from src.model_utils.config import load_config
+    from bench_model import machine
+    cfg = load_config([f"--config_path={args.config_path}", *config_flags])
+    spec_base = dict(model={k: getattr(cfg, k) for k in MODEL_KEYS},
+                     **{k: getattr(cfg, k) for k in TRAIN_KEYS}, epochs=args.epochs,
+                     threads=args.threads)
+    budget = dict(config_path=args.config_path, config_flags=config_flags,
+                  train_mixtures=args.train_mixtures, dev_mixtures=args.dev_mixtures,
+                  test_mixtures=args.test_mixtures, dev_speakers=args.dev_speakers,
+                  test_speakers=args.test_speakers, dev_max_seconds=args.dev_max_seconds,
+                  data_seed=args.data_seed, dm_flags=args.dm_flags, **spec_base)
+    os.makedirs(args.work_dir, exist_ok=True)
+    log_path = os.path.join(os.path.abspath(args.work_dir), "compare_training.log")
+    data_dir = prepare_data(args, log_path)
+    dev_input = input_si_snr(data_dir, "dev", cfg.n_src)
+    results = {"budget": budget, "records": []}
+    if os.path.isfile(args.results):
+        with open(args.results, encoding="utf-8") as f:
+            results = json.load(f)
+        if results["budget"] != budget:
+            raise UserError(f"{args.results}: holds runs of another budget; use another --results")
+    for seed in seeds:
+        for arm in arms:
+            if any(r["arm"] == arm and r["seed"] == seed for r in results["records"]):
+                continue
+            out = os.path.join(os.path.abspath(args.work_dir), "runs", f"{arm}-seed{seed}")
+            os.makedirs(out, exist_ok=True)
+            started = time.time()
+            print(f"{time.strftime('%H:%M:%S')} {arm} seed {seed} -> {out}", flush=True)
+            if arm == "asteroid":
+                rows, scores = run_asteroid(args, dict(spec_base, seed=seed,
+                                                       data_dir=data_dir), out, log_path,
+                                            data_dir, dev_input)
+            else:
+                rows, scores = run_mindspore(args, config_flags, arm, seed, out, log_path,
+                                             data_dir, dev_input)
+            record = dict(arm=arm, seed=seed, si_snri=scores["si_snri"], sdri=scores["sdri"],
+                          final_train_loss=rows[-1]["train_loss"],
+                          final_valid_loss=rows[-1]["valid_loss"], ms_per_step=ms_per_step(rows),
+                          steps=int(sum(r["steps"] for r in rows)),
+                          wall_s=round(time.time() - started), curves=rows, machine=machine())
+            results["records"].append(record)
+            results["summary"] = summarize_arms(results["records"])
+            write_json(args.results, results)
+            plot(results["records"], args.png)
+            print(f"  SI-SNRi {record['si_snri']:.2f} dB, SDRi {record['sdri']:.2f} dB, "
+                  f"{record['ms_per_step']:.0f} ms/step, {record['wall_s']} s", flush=True)
+    print(json.dumps(results.get("summary", {}), indent=1))
+
+
+if __name__ == "__main__":
+    run_main(main)
