@@ -201,6 +201,12 @@ def test_chunk_settings_from_the_config():
     (["--chunk_overlap=-0.5"], "chunk_overlap: expected seconds >= 0"),
 ])
 def test_chunk_settings_refuse_bad_values(flags, message):
-    cfg = load_config(["--sample_rate=8000", "--L=16", *flags])
+    # Set after loading: load_config refuses negative seconds itself (the ranges of
+    # default_config.yaml), but chunk_settings also serves settings that do not come through it
+    # (separate_onnx.py).
+    cfg = load_config(["--sample_rate=8000", "--L=16"])
+    for flag in flags:
+        key, value = flag[2:].split("=")
+        setattr(cfg, key, float(value))
     with pytest.raises(UserError, match=message):
         chunk_settings(cfg, "chunk_seconds")

@@ -121,7 +121,8 @@ def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, ali
         estimates = stream_separate(model_fn, mixture, chunk_samples, overlap_samples, align,
                                     join_tail=not fixed_length)
         estimates = resample_stream(estimates, cfg.sample_rate, rate, channels=cfg.n_src)
-        with contextlib.ExitStack() as stack:
+        folder = os.path.dirname(os.path.abspath(outputs[0]))
+        with _naming(folder), contextlib.ExitStack() as stack:
             raw = [stack.enter_context(_scratch_file(os.path.dirname(os.path.abspath(o))))
                    for o in outputs]
             level = LevelMatcher(cfg.n_src)
@@ -164,6 +165,18 @@ class _MixtureTap:
                 self.offset = 0
         parts.append(np.zeros(need, np.float32))
         return np.concatenate(parts)
+
+
+@contextlib.contextmanager
+def _naming(folder):
+    """An OSError without a file name inside the block (a scratch file has none: a full disk
+    while the estimates are buffered) names `folder`, where the scratch files are."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, folder) from None
 
 
 @contextlib.contextmanager
