@@ -120,8 +120,9 @@ def test_separate_writes_16_bit_at_the_mixture_level(models, tmp_path, rate, cha
     raw = resample_audio(run_net(models[1]["gln"], resample_audio(mixture, rate, RATE)), RATE, rate)
     raw = raw[:, :len(mixture)]
     expected = match_mixture_level(raw, mixture[:raw.shape[1]])
-    # the random tiny model is far quieter than its input: the level really changes
-    assert np.abs(expected).max() > 2 * np.abs(raw).max()
+    # the random tiny model is quieter than its input (about 0.6 of its level with the
+    # xavier-normal filterbanks): the level really changes
+    assert np.abs(expected).max() > 1.4 * np.abs(raw).max()
     for c, out in enumerate(written):
         assert sf.info(out).subtype == "PCM_16"
         data, _ = sf.read(out, dtype="float32")
