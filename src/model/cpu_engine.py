@@ -47,7 +47,8 @@ def pointwise_rows(conv, x, start, stop):
 
 
 def norm_frames_last(norm, norm_type, x):
-    """The cLN or BN layer `norm` on x [batch, K, channels] (gLN runs as a fused cell)."""
+    """The cLN or BN layer `norm` on x [batch, K, channels] (gLN runs as a fused cell). cLN's
+    statistics are the plain layer's own `normalise` (float64 running sums) on the frames axis."""
     if norm_type == "cLN":
         y = norm.normalise(x, 2, 1)
         gamma, beta = norm.gamma.reshape(-1), norm.beta.reshape(-1)
