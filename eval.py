@@ -15,7 +15,9 @@ from src.model_utils.config import load_config
 
 def main():
     cfg = load_config(description="Score a Conv-TasNet checkpoint on the test set (SI-SNRi, SDRi)")
+    from src.model_utils.device import init_device
     from src.evaluation.evaluate import run_evaluation
+    init_device(cfg)
     run_evaluation(cfg)
 
 

@@ -5,22 +5,16 @@ the MINDIR, written where the Ascend 310 app writes its results.
         [--infer_dir=./infer_310]
 """
 import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
-import os
-
 from src.model_utils.config import load_config
-from src.model_utils.errors import UserError, run_main
+from src.model_utils.errors import run_main
 
 
 def main():
     cfg = load_config(description="Run the preprocessed .bin files through a MINDIR on CPU")
-    if not cfg.mindir_path:
-        raise UserError("mindir_path: expected the exported MINDIR (--mindir_path=...)")
-    import mindspore as ms
-    from src.deploy.infer_310 import INPUT_DIR, PREPROCESS_DIR, RESULT_DIR, run_bins_on_cpu
-    ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    run_bins_on_cpu(cfg.mindir_path, os.path.join(cfg.infer_dir, PREPROCESS_DIR, INPUT_DIR),
-                    os.path.join(cfg.infer_dir, RESULT_DIR))
+    from src.model_utils.device import init_device
+    from src.deploy.infer_310 import run_cpu_inference
+    init_device(cfg, device_target="CPU")
+    run_cpu_inference(cfg)
 
 
 if __name__ == "__main__":

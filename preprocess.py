@@ -4,6 +4,8 @@ src/data/layouts.py; output layout: see src/data/librimix.py.
 
     python preprocess.py --in_dir=/data/LibriMix --out_dir=./data [--splits=[train-360,dev,test]]
     python preprocess.py --config_path=configs/wsj0_2mix_8k.yaml --in_dir=/data/wsj0-mix --out_dir=./data
+
+Runs no network, so sets up no device.
 """
 import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main

@@ -8,23 +8,16 @@ zero-padded to its length for a fixed one. Output: <infer_dir>/preprocess_Result
 With --check_inputs_only=true it writes nothing and checks the sizes of the files written before.
 """
 import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
-import os
-
-from src.model_utils.errors import UserError, run_main
+from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
 
 
 def main():
     cfg = load_config(description="Write test mixtures as .bin files for offline inference")
-    from src.deploy.infer_310 import PREPROCESS_DIR, check_inputs, write_310_inputs
-    prep_dir = os.path.join(cfg.infer_dir, PREPROCESS_DIR)
-    if cfg.check_inputs_only:
-        manifest = check_inputs(prep_dir)
-        print(f"{prep_dir}: the inputs of {len(manifest['utterances'])} utterances are complete")
-        return
-    if not cfg.mindir_path:
-        raise UserError("mindir_path: expected the exported MINDIR (--mindir_path=...)")
-    write_310_inputs(cfg, cfg.mindir_path, prep_dir)
+    from src.model_utils.device import init_device
+    from src.deploy.infer_310 import run_310_preprocess
+    init_device(cfg)
+    run_310_preprocess(cfg)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,17 @@ speakers interleaved). The outputs equal separate.py's offline ones; a summary o
 the compute per hop and the real-time factor goes to standard error. A non-causal model is
 refused. See src/deploy/stream_runner.py.
 """
+import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main
 from src.model_utils.config import load_config
-from src.deploy.stream_runner import run_streaming
 
 
 def main():
     cfg = load_config(description="Separate a file or standard input hop by hop (causal model)")
+    from src.model_utils.device import init_device
+    from src.deploy.stream_runner import run_streaming
+    # The stream runs in numpy on the CPU; MindSpore only reads the checkpoint.
+    init_device(cfg, device_target="CPU")
     run_streaming(cfg)
 
 

@@ -6,7 +6,7 @@ not mix with another's, and after its graph compilation and warm-up steps.
     python benchmarks/bench_model.py [--config_path CFG] [--<config key>=<value> ...]
         [--batch 1] [--seconds 2.0] [--repeats 5] [--warmup 1] [--infer_seconds 10.0]
         [--measure framework,train,infer,infer_dynamic,mindir,mindir_static]
-        [--formulation auto] [--threads 0] [--profile]
+        [--engine auto] [--threads 0] [--profile]
 
 Measurements (--measure):
     framework      peak RSS with the framework imported and the model built, before any graph
@@ -22,7 +22,8 @@ Measurements (--measure):
 profiler over --repeats further calls; CPU operator times, fused kernels named GraphKernel_*; the
 peak RSS then includes the profiler's).
 Config keys are those of default_config.yaml (model sizes, device_target, cpu_graph_kernel, lr,
-clip_grad_norm, ...); --formulation conv, matmul or kernels overrides the network's choice by device.
+clip_grad_norm, ...); --engine plain, matmul or kernels overrides the engine chosen by device
+(src/model/build.py).
 
 Prints one JSON object: for each measurement the median and minimum seconds over --repeats,
 samples_per_s (training mixtures per second), rtf (seconds of compute per second of audio),
@@ -68,8 +69,8 @@ def parse_arguments(argv, description):
     """(benchmark args, config argv, measurements) from the command line."""
     parser = bench_arguments(argparse.ArgumentParser(description=description, add_help=False))
     parser.add_argument("--measure", default=",".join(MEASUREMENTS))
-    parser.add_argument("--formulation", default="auto",
-                        choices=["auto", "conv", "matmul", "kernels"])
+    parser.add_argument("--engine", default="auto",
+                        choices=["auto", "plain", "matmul", "kernels"])
     args, config_argv = parser.parse_known_args(argv)
     if "-h" in config_argv or "--help" in config_argv:
         parser.print_help()
@@ -152,7 +153,7 @@ def measured_inference(model_fn, samples, spec, **extra):
 def measure_mindspore(kind, spec):
     """One measurement in this process (a child of `main`); returns its result dict."""
     import mindspore as ms
-    from src.model.conv_tasnet import ConvTasNet, model_kwargs
+    from src.model.build import build_network
     from src.deploy.export import export_network, load_mindir
     from src.deploy.inference import dynamic_model_function, model_function
     from src.model_utils.config import load_config
@@ -174,11 +175,10 @@ def measure_mindspore(kind, spec):
                 return exported
             model_fn = model_function(load_mindir(exported.pop("path")))
             return measured_inference(model_fn, clip_samples, spec, **exported)
-    net = ConvTasNet(**model_kwargs(cfg))
-    if spec["formulation"] != "auto":
-        net.set_formulation(spec["formulation"])
+    net = build_network(cfg, None if spec["engine"] == "auto" else spec["engine"])
     rng = np.random.default_rng(0)
-    info = dict(formulation=net.formulation, graph_kernel=bool(
+    engine = "plain" if not hasattr(net, "kernels") else "kernels" if net.kernels else "matmul"
+    info = dict(engine=engine, graph_kernel=bool(
         ms.get_context("enable_graph_kernel")))
     if kind == "framework":
         return dict(peak_rss_mb=round(peak_rss_mb()), **info)
@@ -193,8 +193,8 @@ def measure_mindspore(kind, spec):
         return result
     net.set_train(False)
     if kind == "export":
-        # export_network writes MindSpore's operators for the "kernels" formulation
-        info["formulation_exported"] = info.pop("formulation").replace("kernels", "matmul")
+        # export_network writes MindSpore's operators for the "kernels" engine
+        info["engine_exported"] = info.pop("engine").replace("kernels", "matmul")
         return dict(path=export_network(net, spec["export_path"], "MINDIR",
                                         spec["export_samples"], cfg.device_target), **info)
     if kind == "infer":
@@ -252,7 +252,7 @@ def child_mode(argv, prefix, measure):
 def child_spec(args, config_argv):
     return dict(config_argv=config_argv, batch=args.batch, seconds=args.seconds,
                 repeats=args.repeats, warmup=args.warmup, infer_seconds=args.infer_seconds,
-                threads=args.threads, formulation=args.formulation, profile=args.profile)
+                threads=args.threads, engine=args.engine, profile=args.profile)
 
 
 def main(argv=None):

@@ -42,15 +42,16 @@ RATE = 8000
 
 
 def build(sizes, seed=0):
-    """(MindSpore ConvTasNet in eval mode, its parameters as numpy) with random weights."""
+    """(MindSpore ConvTasNet on the CPU engine, in eval mode, its parameters as numpy) with random
+    weights."""
     import mindspore as ms
-    from src.model import cpu_kernels
-    from src.model.conv_tasnet import ConvTasNet
+    from src.model.build import default_engine
+    from src.model.cpu_engine import CpuConvTasNet
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(seed)
-    cpu_kernels.set_enabled(True)
-    net = ConvTasNet(**sizes, norm_type="cLN", causal=True)
+    net = CpuConvTasNet(**sizes, norm_type="cLN", causal=True,
+                        kernels=default_engine("CPU") == "kernels")
     net.set_train(False)
     return net, {name: p.asnumpy() for name, p in net.parameters_and_names()}
 

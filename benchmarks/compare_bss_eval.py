@@ -72,12 +72,11 @@ def graded(items, rng):
 def random_network(items):
     """Estimates of a randomly initialised configs/demo_cpu.yaml network."""
     import mindspore as ms
-    from src.model.conv_tasnet import ConvTasNet
+    from src.model.build import build_network
     from src.model_utils.config import load_config
     cfg = load_config(["--config_path=configs/demo_cpu.yaml"])
     ms.set_seed(0)
-    net = ConvTasNet(N=cfg.N, L=cfg.L, B=cfg.B, H=cfg.H, Sc=cfg.Sc, P=cfg.P, X=cfg.X, R=cfg.R,
-                     C=cfg.n_src)
+    net = build_network(cfg)
     net.set_train(False)
     return [(m, r, net(ms.Tensor(m[None].astype(np.float32))).asnumpy()[0].astype(np.float64))
             for m, r in items]

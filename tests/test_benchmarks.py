@@ -26,7 +26,7 @@ def test_bench_model_measures_training_and_the_exported_model():
         assert len(measured["times_s"]) == 2
         assert 0 < measured["min_s"] <= measured["median_s"]
         assert measured["peak_rss_mb"] > 0
-    # The profile names the operators of the formulation that ran: on CPU matrix products and
+    # The profile names the operators of the engine that ran: on CPU matrix products and
     # the C++ kernels (Custom).
     operators = [name for name, _, _ in report["train"]["top_operators_ms_per_call"]]
     assert "MatMul" in operators and "Custom" in operators, operators
@@ -35,8 +35,8 @@ def test_bench_model_measures_training_and_the_exported_model():
     assert report["train"]["samples_per_s"] == 2 / report["train"]["median_s"]
     assert report["infer"]["rtf"] == report["infer"]["median_s"] / 1.0
     # On CPU the network runs with its C++ kernels; the export holds MindSpore's operators.
-    assert report["train"]["formulation"] == "kernels"
-    assert report["mindir"]["formulation_exported"] == "matmul"
+    assert report["train"]["engine"] == "kernels"
+    assert report["mindir"]["engine_exported"] == "matmul"
 
 
 def test_bench_model_refuses_bad_flags_in_one_line():

@@ -10,7 +10,8 @@ import mindspore as ms
 import mindspore.dataset as ds
 
 from src.model.checkpoint import load_weights, save_checkpoint
-from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.model.build import build_network, model_kwargs
+from src.model.conv_tasnet import ConvTasNet
 from src.model_utils.config import load_config
 from src.model_utils.errors import UserError, run_main
 from src.training.train_state import TrainState, save_train_checkpoint
@@ -38,7 +39,7 @@ MISMATCHES = {
 def make_run(folder, **model):
     """A training checkpoint as train.py writes it, and the run's config.yaml; returns folder."""
     cfg = load_config(flags(**model))
-    net = ConvTasNet(**model_kwargs(cfg))
+    net = build_network(cfg)
     save_train_checkpoint(make_train_step(net, cfg), str(folder / "conv_tasnet-last.ckpt"),
                           TrainState(lr=1e-3), model_kwargs(cfg))
     with open(folder / "config.yaml", "w", encoding="utf-8") as f:
@@ -137,7 +138,7 @@ def test_resume_refuses(runs, case, tmp_path):
     cfg = load_config(flags(output_dir=tmp_path, resume=f"{run}/conv_tasnet-last.ckpt",
                             **config_flags))
     with pytest.raises(UserError) as refused:
-        fit(cfg, ConvTasNet(**model_kwargs(cfg)), *tiny_sets())
+        fit(cfg, build_network(cfg), *tiny_sets())
     assert_one_line_naming(f"error: {refused.value}\n", expected)
 
 

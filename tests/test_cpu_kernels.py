@@ -1,7 +1,7 @@
-"""The C++ kernels of the CPU formulation (src/model/cpu_kernels.py): results, any length, the build.
+"""The C++ kernels of the CPU engine (src/model/cpu_kernels.py): results, any length, the build.
 
-Each kernel is compared with float64 numpy; the whole networks with the other formulations are
-compared in tests/test_fast_formulation.py.
+Each kernel is compared with float64 numpy; the whole networks of every engine are compared in
+tests/test_fast_formulation.py.
 """
 import os
 
@@ -11,7 +11,7 @@ import mindspore as ms
 from mindspore import nn
 
 from src.model import cpu_kernels
-from src.model.conv_tasnet import ConvTasNet, default_formulation
+from src.model.cpu_engine import CpuConvTasNet
 from src.model.fused_layers import DepthwisePReLUNorm, GlobalNorm, PReLUNorm
 from tests.process_helpers import ROOT, run_python
 from tests.test_fast_formulation import CHAINS, SMALL, chain_inputs
@@ -105,48 +105,61 @@ def test_missing_compiler_is_an_oserror(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_cpu_kernels_switch_selects_the_formulation():
-    assert default_formulation("CPU") == "kernels"
-    cpu_kernels.set_enabled(False)
-    try:
-        assert default_formulation("CPU") == "matmul"
-        assert ConvTasNet(**SMALL).formulation == "matmul"
-    finally:
-        cpu_kernels.set_enabled(True)
-
-
-FALLBACK_SCRIPT = """
+NO_COMPILER_SCRIPT = """
 import sys
 import numpy as np
 import mindspore as ms
 sys.path.insert(0, {root!r})
-from src.model.conv_tasnet import ConvTasNet
+from src.model import cpu_kernels
+builds = []
+real_build = cpu_kernels.build
+def spy(*args, **kwargs):
+    builds.append(1)
+    return real_build(*args, **kwargs)
+cpu_kernels.build = spy
+from src.model.build import build_network
+from src.model.convert import convert
+from src.model_utils.config import load_config
 from src.model_utils.errors import UserError
 from tests.test_fast_formulation import SMALL
 ms.set_context(mode=ms.GRAPH_MODE)
-net = ConvTasNet(**SMALL)
-print("formulation", net.formulation)
+flags = [f"--{{k}}={{v}}" for k, v in SMALL.items()] + ["--device_target=CPU"]
+cfg = load_config(flags)
+for engine in ("plain", "matmul"):
+    build_network(cfg, engine)
+print("engine", type(build_network(load_config(flags + ["--cpu_kernels=false"]))).__name__)
+convert({fixture!r}, {out!r}, load_config([]))
+print("builds before the default engine", len(builds))
+net = build_network(cfg)
+print("default kernels", net.kernels)
 print("shape", net(ms.Tensor(np.zeros((1, 64), np.float32))).shape)
 try:
-    net.set_formulation("kernels")
+    build_network(cfg, "kernels")
 except UserError as err:
     print("refused", err)
 """
 
 
-def test_without_a_compiler_the_model_falls_back_to_mindspore_operators(tmp_path):
-    result = run_python(FALLBACK_SCRIPT.format(root=ROOT), CXX="no-such-c++",
-                        CONV_TASNET_KERNEL_CACHE=str(tmp_path))
-    assert "formulation matmul" in result.stdout
+def test_only_the_kernels_engine_compiles_and_falls_back_without_a_compiler(tmp_path):
+    cache = tmp_path / "cache"
+    fixture = os.path.join(ROOT, "tests", "fixtures", "pytorch", "asteroid_serialized.pth")
+    result = run_python(NO_COMPILER_SCRIPT.format(root=ROOT, fixture=fixture,
+                                                  out=str(tmp_path / "converted.ckpt")),
+                        CXX="no-such-c++", CONV_TASNET_KERNEL_CACHE=str(cache))
+    # The plain and matmul engines and convert_pytorch's conversion never call the compiler.
+    assert "engine CpuConvTasNet" in result.stdout
+    assert "builds before the default engine 0" in result.stdout
+    # The default engine tries the kernels once and, without a compiler, is matmul.
+    assert "default kernels False" in result.stdout
     assert "shape (1, 2, 64)" in result.stdout
-    assert "refused formulation: the CPU kernels cannot be built" in result.stdout
+    assert "refused engine: the CPU kernels cannot be built" in result.stdout
     assert "CPU kernels not built (no C++ compiler 'no-such-c++' on PATH)" in result.stderr
-    assert not any(tmp_path.iterdir())
+    assert not cache.exists() or not any(cache.iterdir())
 
 
 def test_exported_graph_holds_no_kernel(tmp_path):
     from src.deploy.export import export_network
-    net = ConvTasNet(**SMALL).set_formulation("kernels")
+    net = CpuConvTasNet(**SMALL, kernels=True)
     net.set_train(False)
     path = export_network(net, str(tmp_path / "model"))
     graph = nn.GraphCell(ms.load(path))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.model.build import build_network
 from src.data.dataset import create_train_dataset
 from src.model_utils.errors import UserError
 from src.model_utils.config import load_config
@@ -60,7 +60,7 @@ def test_two_workers_train_like_one_process_on_the_combined_batch(tmp_path, grap
     # One process, one step per pair of batches on their concatenation: the same weights, since
     # the loss is a mean over the batch and the ranks' gradients are averaged before clipping.
     ms.set_seed(cfg.seed)
-    net = ConvTasNet(**model_kwargs(cfg))
+    net = build_network(cfg)
     step = make_train_step(net, cfg)
     for first, second in zip(*halves):
         combined = [ms.Tensor(np.concatenate([first[k], second[k]]))

@@ -1,7 +1,7 @@
-"""The frames-last formulations ("matmul", and "kernels" with the C++ kernels) compute what the
-channels-first ("conv") one does.
+"""The CPU engine (frames last: "matmul", and "kernels" with the C++ kernels) computes what the
+plain channels-first ConvTasNet does.
 
-Outputs and gradients of whole networks are compared between the formulations with the same
+Outputs and gradients of whole networks are compared between the engines with the same
 parameters; the fused cells with hand-written gradients are checked against numpy and against
 MindSpore's autodiff of the same expressions; graphs with a dynamic time axis (set_inputs, MINDIR)
 and graph-kernel fusion (what init_device turns on for CPU) are checked against the plain graphs.
@@ -13,7 +13,10 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from src.model.conv_tasnet import ConvTasNet, default_formulation
+from src.model.build import build_network, default_engine
+from src.model.conv_tasnet import ConvTasNet
+from src.model.cpu_engine import CpuConvTasNet
+from src.model_utils.config import load_config
 from src.model_utils.errors import UserError
 from src.deploy.export import export_network
 from src.model.fused_layers import (DepthwisePReLUNorm, FramePad, PReLUNorm, depthwise, gln,
@@ -33,16 +36,17 @@ VARIANTS = {
 }
 
 
-def twin_networks(kwargs, formulation="matmul"):
-    """A conv and a `formulation` ConvTasNet with the same (random, non-trivial) parameters."""
+def twin_networks(kwargs, engine="matmul"):
+    """A plain ConvTasNet and a CpuConvTasNet (`engine` "matmul" or "kernels") with the same
+    (random, non-trivial) parameters."""
     ms.set_seed(3)
-    conv = ConvTasNet(**kwargs).set_formulation("conv")
+    conv = ConvTasNet(**kwargs)
     rng = np.random.default_rng(4)
     for _, param in conv.parameters_and_names():
         # Perturb gains, biases and slopes too, so that every parameter matters.
         param.set_data(ms.Tensor(param.asnumpy() + 0.1 * rng.standard_normal(param.shape)
                                  .astype(np.float32)))
-    other = ConvTasNet(**kwargs).set_formulation(formulation)
+    other = CpuConvTasNet(**kwargs, kernels=engine == "kernels")
     ms.load_param_into_net(other, {name: p for name, p in conv.parameters_and_names()})
     return conv, other
 
@@ -60,11 +64,11 @@ def assert_close(actual, expected, rel=1e-5):
     np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * scale)
 
 
-@pytest.mark.parametrize("formulation", ["matmul", "kernels"])
+@pytest.mark.parametrize("engine", ["matmul", "kernels"])
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_formulations_give_the_same_outputs(name, formulation):
+def test_engines_give_the_same_outputs(name, engine):
     kwargs, length = VARIANTS[name]
-    conv, matmul = twin_networks(kwargs, formulation)
+    conv, matmul = twin_networks(kwargs, engine)
     conv.set_train(False)
     matmul.set_train(False)
     mixture, _ = signals(2, length, kwargs.get("C", 2))
@@ -92,12 +96,12 @@ def assert_same_gradients(actual, expected, rel=1e-4):
         assert error <= rel * np.linalg.norm(grad) + 1e-7, name
 
 
-@pytest.mark.parametrize("name,formulation", [("gLN", "matmul"), ("gLN", "kernels"),
+@pytest.mark.parametrize("name,engine", [("gLN", "matmul"), ("gLN", "kernels"),
                                               ("cLN-causal", "matmul")])
-def test_formulations_give_the_same_gradients(name, formulation):
+def test_engines_give_the_same_gradients(name, engine):
     # gLN runs the fused cells, cLN the unfused frames-last layers (as BN does).
     kwargs, length = VARIANTS[name]
-    conv, matmul = twin_networks({**kwargs, **SHORT}, formulation)
+    conv, matmul = twin_networks({**kwargs, **SHORT}, engine)
     mixture, sources = signals(2, length, kwargs.get("C", 2))
     lengths = np.array([length, length - 9], np.int32)  # a padded utterance in the batch
     loss_conv, grads_conv = loss_and_gradients(conv, mixture, sources, lengths)
@@ -196,16 +200,16 @@ class DynamicLength(nn.Cell):
         return self.net(mixture)
 
 
-@pytest.mark.parametrize("formulation", ["matmul", "kernels"])
-def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path, formulation, graph_mode):
-    conv, matmul = twin_networks(SMALL, formulation)
+@pytest.mark.parametrize("engine", ["matmul", "kernels"])
+def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path, engine, graph_mode):
+    conv, matmul = twin_networks(SMALL, engine)
     conv.set_train(False)
     matmul.set_train(False)
     dynamic = DynamicLength(matmul)
     dynamic.set_inputs(ms.Tensor(shape=[1, None], dtype=ms.float32))
-    # export_network: the "kernels" formulation is exported in MindSpore's operators
+    # export_network: the "kernels" engine is exported in MindSpore's operators
     path = export_network(matmul, str(tmp_path / "model"))
-    assert matmul.formulation == formulation
+    assert matmul.kernels == (engine == "kernels")
     graph = nn.GraphCell(ms.load(path))
     for length in (37, 64):
         mixture = ms.Tensor(signals(1, length, 2)[0])
@@ -243,22 +247,22 @@ from src.model_utils.config import load_config
 from src.model_utils.device import init_device
 from tests.test_fast_formulation import SHORT, SMALL, loss_and_gradients, signals, twin_networks
 init_device(load_config([]))
-_, matmul = twin_networks({{**SMALL, **SHORT}}, {formulation!r})
+_, matmul = twin_networks({{**SMALL, **SHORT}}, {engine!r})
 mixture, sources = signals(2, 64, 2)
 loss, grads = loss_and_gradients(matmul, mixture, sources, np.array([64, 50], np.int32))
 np.savez({out!r}, **grads)
 print(json.dumps({{"graph_kernel": ms.get_context("enable_graph_kernel"),
-                  "formulation": matmul.formulation, "loss": loss}}))
+                  "kernels": matmul.kernels, "loss": loss}}))
 """
 
 
-@pytest.mark.parametrize("formulation", ["matmul", "kernels"])
-def test_graph_kernel_fusion_on_cpu_keeps_the_gradients(tmp_path, formulation):
+@pytest.mark.parametrize("engine", ["matmul", "kernels"])
+def test_graph_kernel_fusion_on_cpu_keeps_the_gradients(tmp_path, engine):
     # In a subprocess: init_device turns graph-kernel fusion on for the whole process.
     out = str(tmp_path / "grads.npz")
-    script = GRAPH_KERNEL_SCRIPT.format(root=ROOT, out=out, formulation=formulation)
+    script = GRAPH_KERNEL_SCRIPT.format(root=ROOT, out=out, engine=engine)
     report = json.loads(run_python(script).stdout.strip().splitlines()[-1])
-    assert report["graph_kernel"] is True and report["formulation"] == formulation
+    assert report["graph_kernel"] is True and report["kernels"] == (engine == "kernels")
     conv, _ = twin_networks({**SMALL, **SHORT})
     mixture, sources = signals(2, 64, 2)
     loss, grads = loss_and_gradients(conv, mixture, sources, np.array([64, 50], np.int32))
@@ -267,13 +271,29 @@ def test_graph_kernel_fusion_on_cpu_keeps_the_gradients(tmp_path, formulation):
     assert_same_gradients({name: fused[name] for name in fused.files}, grads)
 
 
-def test_formulation_is_chosen_by_device():
-    assert default_formulation("CPU") == "kernels"
-    assert default_formulation("GPU") == "conv"
-    assert default_formulation("Ascend") == "conv"
-    assert ConvTasNet(**SMALL).formulation == default_formulation(ms.get_context("device_target"))
+def test_engine_is_chosen_by_device():
+    assert default_engine("CPU") == "kernels"
+    assert default_engine("CPU", use_kernels=False) == "matmul"
+    assert default_engine("GPU") == "plain"
+    assert default_engine("Ascend") == "plain"
+    cfg = load_config([f"--{k}={v}" for k, v in {**SMALL, "device_target": "CPU"}.items()])
+    net = build_network(cfg)
+    assert isinstance(net, CpuConvTasNet) and net.kernels
+    assert type(build_network(cfg, "plain")) is ConvTasNet
 
 
-def test_unknown_formulation_refused():
-    with pytest.raises(UserError, match="formulation: expected one of"):
-        ConvTasNet(**SMALL).set_formulation("fft")
+def test_every_engine_has_the_plain_parameters():
+    # Names and shapes: a checkpoint of any engine loads into any other.
+    for kwargs in (SMALL, {**SMALL, "Sc": 0}, {**SMALL, "norm_type": "cLN"},
+                   {**SMALL, "norm_type": "BN", "Sc": 0}):
+        plain = [(n, p.shape) for n, p in ConvTasNet(**kwargs).parameters_and_names()]
+        for kernels in (False, True):
+            cpu = CpuConvTasNet(**kwargs, kernels=kernels)
+            assert [(n, p.shape) for n, p in cpu.parameters_and_names()] == plain
+            assert [p.name for p in cpu.get_parameters()] == [n for n, _ in plain]
+
+
+def test_unknown_engine_refused():
+    cfg = load_config([f"--{k}={v}" for k, v in SMALL.items()])
+    with pytest.raises(UserError, match="engine: expected one of plain, matmul, kernels"):
+        build_network(cfg, "fft")

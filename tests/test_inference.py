@@ -5,8 +5,10 @@ import pytest
 import mindspore as ms
 
 from src.model.conv_tasnet import ConvTasNet
-from src.deploy.inference import (chunk_geometry, crossfade_windows, match_order, model_function,
-                           separate_in_chunks, stream_separate)
+from src.deploy.inference import (chunk_geometry, chunk_settings, crossfade_windows, match_order,
+                                  model_function, separate_in_chunks, stream_separate)
+from src.model_utils.config import load_config
+from src.model_utils.errors import UserError
 
 # BN in eval mode has no utterance statistics: the model's receptive field is finite, so chunked
 # and whole-signal results must agree exactly away from the chunk borders.
@@ -180,3 +182,31 @@ def test_stream_blocks_of_any_size_give_the_same_result():
 def test_model_fn_with_wrong_output_shape_is_reported():
     with pytest.raises(ValueError, match="expected estimates"):
         separate_in_chunks(lambda m: m, np.ones(100, np.float32), 0, 0)
+
+
+def test_chunk_settings_from_the_config():
+    cfg = load_config(["--sample_rate=8000", "--L=16", "--chunk_seconds=2",
+                       "--separate_chunk_seconds=0", "--chunk_overlap=0.25"])
+    assert chunk_settings(cfg, "chunk_seconds") == (16000, 2000, 8)
+    assert chunk_settings(cfg, "separate_chunk_seconds") == (0, 2000, 8)   # whole signals
+    assert chunk_settings(cfg, "chunk_seconds", fixed_length=4000) == (4000, 2000, 8)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--chunk_seconds=-1"], "chunk_seconds: expected seconds >= 0"),
+    (["--chunk_seconds=0.003"], "chunk_seconds: chunks of 24 samples are shorter than two "
+                                "encoder kernels"),
+    (["--chunk_seconds=1", "--chunk_overlap=1"], "chunk_overlap: expected seconds >= 0 and "
+                                                 "shorter than a chunk"),
+    (["--chunk_overlap=-0.5"], "chunk_overlap: expected seconds >= 0"),
+])
+def test_chunk_settings_refuse_bad_values(flags, message):
+    # Set after loading: load_config refuses negative seconds itself (the ranges of
+    # default_config.yaml), but chunk_settings also serves settings that do not come through it
+    # (separate_onnx.py).
+    cfg = load_config(["--sample_rate=8000", "--L=16"])
+    for flag in flags:
+        key, value = flag[2:].split("=")
+        setattr(cfg, key, float(value))
+    with pytest.raises(UserError, match=message):
+        chunk_settings(cfg, "chunk_seconds")

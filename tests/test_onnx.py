@@ -70,6 +70,24 @@ def test_onnxruntime_gives_the_network_output(tmp_path, variant):
         assert relative_difference(got, expected) < 1e-4
 
 
+@pytest.mark.parametrize("engine", ["matmul", "kernels"])
+@pytest.mark.parametrize("variant", ["gLN", "cLN-causal", "BN"])
+def test_onnx_of_the_cpu_engine_equals_the_plain_network(tmp_path, variant, engine):
+    # The graph is built from the weights: the CPU engine (same parameters) gives the same model,
+    # checked against the engine's own output.
+    from src.model.cpu_engine import CpuConvTasNet
+    plain = random_net(**VARIANTS[variant])
+    net = CpuConvTasNet(**{**TINY, **VARIANTS[variant]}, kernels=engine == "kernels")
+    ms.load_param_into_net(net, {name: p for name, p in plain.parameters_and_names()})
+    net.set_train(False)
+    path, worst, _ = export_onnx(net, str(tmp_path / "m.onnx"), SETTINGS, lengths=(800,))
+    assert worst < 1e-4
+    x = (0.1 * np.random.default_rng(2).standard_normal((1, 1203))).astype(np.float32)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"mixture": x})[0]
+    assert relative_difference(got, plain(ms.Tensor(x)).asnumpy()) < 1e-4
+
+
 def test_the_check_sees_another_network_and_nothing_is_published(tmp_path):
     net = random_net()
     path, _, _ = export_onnx(net, str(tmp_path / "m.onnx"), SETTINGS, lengths=(400,))

@@ -29,7 +29,7 @@ def model(tmp_path_factory):
         with open(directory / f"{name}.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump({**TINY, **settings, "sample_rate": RATE}, f)
     cfg = load_config([f"--config_path={directory}/causal.yaml"])
-    net = load_network(cfg, str(directory / "causal.ckpt")).set_formulation("conv")
+    net = load_network(cfg, str(directory / "causal.ckpt"), engine="plain")
     return directory, net
 
 

@@ -6,6 +6,7 @@ import mindspore as ms
 from causal_reference import causal_reference
 from src.model.checkpoint import load_network, save_checkpoint
 from src.model.conv_tasnet import ConvTasNet, CumulativeLayerNorm
+from src.model.cpu_engine import CpuConvTasNet, norm_frames_last
 from src.model_utils.config import load_config
 from src.model_utils.errors import UserError
 from src.deploy.streaming import StreamingSeparator, load_streaming_separator
@@ -43,7 +44,7 @@ def minute(request, tmp_path_factory):
     ms.set_seed(C * 10 + Sc)
     path = str(tmp_path_factory.mktemp("streaming") / "causal.ckpt")
     save_checkpoint(ConvTasNet(**TINY, Sc=Sc, C=C, norm_type="cLN", causal=True), path)
-    net = load_network(cfg, path).set_formulation("conv")
+    net = load_network(cfg, path, engine="plain")
     mixture = speech_like(60)
     offline = net(ms.Tensor(mixture[None])).asnumpy()[0]
     return cfg, path, mixture, offline
@@ -88,7 +89,7 @@ def test_stream_of_any_block_sizes_equals_offline(hops, edge_pad):
     net.set_train(False)
     params = {name: p.asnumpy() for name, p in net.parameters_and_names()}
     mixture = speech_like(0.3, seed=1)[:2001]
-    offline = net.set_formulation("conv")(ms.Tensor(mixture[None])).asnumpy()[0]
+    offline = net(ms.Tensor(mixture[None])).asnumpy()[0]
     separator = StreamingSeparator.from_config(cfg, params)
     outputs, start, i = [], 0, 0
     while start < len(mixture):
@@ -127,19 +128,23 @@ def test_cumulative_norm_is_accurate_on_long_inputs(graph_mode):
     # large running sums, where float32 accumulation loses most of its digits after 10^5 frames.
     frames = 300_000
     x = 1 + 0.05 * np.random.default_rng(4).standard_normal((1, 4, frames))
-    y = CumulativeLayerNorm(4)(ms.Tensor(x.astype(np.float32))).asnumpy()
+    norm = CumulativeLayerNorm(4)
+    y = norm(ms.Tensor(x.astype(np.float32))).asnumpy()
     count = 4 * np.arange(1, frames + 1)
     mean = np.cumsum(x.sum(axis=1)) / count
     var = np.cumsum((x * x).sum(axis=1)) / count - mean * mean
     expected = (x - mean) / np.sqrt(var + 1e-8)
     assert relative_error(y, expected) < 1e-5
+    # The CPU engine's cLN (frames last, [batch, K, channels]) accumulates the same way.
+    y = norm_frames_last(norm, "cLN", ms.Tensor(x.transpose(0, 2, 1).astype(np.float32)))
+    assert relative_error(y.asnumpy().transpose(0, 2, 1), expected) < 1e-5
 
 
 @pytest.mark.slow
 def test_offline_causal_model_matches_float64_on_ten_minutes(graph_mode):
     sizes = dict(N=8, L=16, B=8, H=16, Sc=8, P=3, X=3, R=2, C=2)
     ms.set_seed(0)
-    net = ConvTasNet(**sizes, norm_type="cLN", causal=True).set_formulation("matmul")
+    net = CpuConvTasNet(**sizes, norm_type="cLN", causal=True)
     net.set_train(False)
     mixture = (np.random.default_rng(0).standard_normal(600 * RATE) * 0.3).astype(np.float32)
     estimates = net(ms.Tensor(mixture[None])).asnumpy()[0]

@@ -7,7 +7,7 @@ import pytest
 import mindspore as ms
 import mindspore.dataset as ds
 
-from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.model.build import build_network, model_kwargs
 from src.model_utils.config import load_config
 from src.model_utils.errors import UserError
 from src.training.trainer import fit, train
@@ -31,7 +31,7 @@ def memory_sets(train_rows=8):
 def run(out, *extra):
     cfg = load_config(flags(output_dir=out, lr=0.01) + list(extra))
     ms.set_seed(cfg.seed)
-    return fit(cfg, ConvTasNet(**model_kwargs(cfg)), *memory_sets())
+    return fit(cfg, build_network(cfg), *memory_sets())
 
 
 def contents(directory):
@@ -69,7 +69,7 @@ def test_resume_auto_with_nothing_to_resume_says_so(tmp_path, capsys):
     cfg = load_config(flags(output_dir=out, resume="auto", batch_size=2))
     train_set, valid_set = memory_sets(train_rows=1)          # no full batch: stops after the check
     with pytest.raises(UserError, match="the training set gives no batch"):
-        fit(cfg, ConvTasNet(**model_kwargs(cfg)), train_set, valid_set)
+        fit(cfg, build_network(cfg), train_set, valid_set)
     assert f"nothing to resume in {out}: starting a new run" in capsys.readouterr().out
 
 

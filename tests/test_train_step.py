@@ -4,7 +4,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.model.build import build_network
 from src.model_utils.errors import UserError
 from src.model_utils.config import load_config
 from src.training.train_step import (NetWithLoss, TrainStep, _grad_square_sum, make_optimizer,
@@ -18,7 +18,7 @@ def tiny_config(*extra):
 
 
 def tiny_net():
-    return ConvTasNet(**model_kwargs(tiny_config()))
+    return build_network(tiny_config())
 
 
 def batch(seed=0, batch_size=2, T=120, nan=False):

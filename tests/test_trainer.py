@@ -17,11 +17,11 @@ import mindspore.dataset as ds
 from matplotlib.image import imread
 
 from src.model.checkpoint import load_weights, save_checkpoint
-from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.model.build import build_network
 from src.model_utils.errors import UserError
 from src.model_utils.config import load_config
 from src.training.train_state import (STATE_KEY, TrainState, end_of_epoch, last_path,
-                             save_train_checkpoint)
+                             save_train_checkpoint, stops_early)
 from src.training.train_step import make_train_step
 from src.training.trainer import RunLog, fit, train
 from train_helpers import assert_same_arrays, checkpoint_arrays, flags, make_data_dir
@@ -35,8 +35,8 @@ def test_plateau_halves_lr_and_early_stop_counts_epochs_without_improvement():
     events = []
     for score in [1.0, 2.0, 1.5, 1.9, 2.0, 1.0, 2.5, 2.4, 2.4, 2.4, 2.4, 2.4]:
         state.epoch += 1
-        improved, new_lr, stop = end_of_epoch(state, score, lr_patience=3, lr_factor=0.5,
-                                              stop_patience=5)
+        improved, new_lr = end_of_epoch(state, score, lr_patience=3, lr_factor=0.5)
+        stop = stops_early(state, stop_patience=5)
         events.append((improved, new_lr, stop))
     improved = [e[0] for e in events]
     assert improved == [True, True] + [False] * 4 + [True] + [False] * 5
@@ -78,7 +78,7 @@ def test_fit_outputs_skips_a_nan_batch_and_stops_on_a_nan_streak(tmp_path, graph
     cfg = load_config(flags(output_dir=out, epochs=3, keep_checkpoint_max=1,
                             max_nonfinite_steps=2, lr=0.01))
     ms.set_seed(cfg.seed)
-    net = ConvTasNet(**model_kwargs(cfg))
+    net = build_network(cfg)
     train_set, valid_set = memory_sets(nan_at={(0, 1), (2, None)})
     with pytest.raises(UserError, match=r"max_nonfinite_steps: 2 non-finite losses in a row at "
                                         r"epoch 3 step 2; stopped"):
@@ -115,12 +115,12 @@ def test_fit_outputs_skips_a_nan_batch_and_stops_on_a_nan_streak(tmp_path, graph
     assert {k: v for k, v in again.items() if k != "config_path"} == \
         {k: v for k, v in expected.items() if k != "config_path"}
     # The best checkpoint is an ordinary checkpoint for evaluation.
-    load_weights(ConvTasNet(**model_kwargs(cfg)), str(out / "conv_tasnet-best.ckpt"))
+    load_weights(build_network(cfg), str(out / "conv_tasnet-best.ckpt"))
 
 
 def test_resume_refuses_checkpoints_it_cannot_continue(tmp_path):
     cfg = load_config(flags(output_dir=tmp_path))
-    net = ConvTasNet(**model_kwargs(cfg))
+    net = build_network(cfg)
     adam = str(tmp_path / "adam.ckpt")
     save_train_checkpoint(make_train_step(net, cfg), adam, TrainState(lr=1e-3))
     weights_only = str(tmp_path / "weights.ckpt")
@@ -129,7 +129,7 @@ def test_resume_refuses_checkpoints_it_cannot_continue(tmp_path):
 
     def resume(path, *extra):
         other = load_config(flags(output_dir=tmp_path, resume=path) + list(extra))
-        fit(other, ConvTasNet(**model_kwargs(other)), train_set, valid_set)
+        fit(other, build_network(other), train_set, valid_set)
 
     with pytest.raises(UserError, match=r"parameter 'encoder.weight' has shape \(8, [\d, ]+\) in "
                                         r"the checkpoint but \(16, [\d, ]+\) in the model"):

@@ -15,14 +15,14 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
+from src.model.build import ENGINES, build_network
 from src.model.conv_tasnet import ConvTasNet
 from src.model.convert import map_parameters
-from src.model_utils.config import Config
+from src.model_utils.config import Config, load_config
 from src.training.train_step import NetWithLoss, TrainStep, make_optimizer
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "training_parity.npz")
 VARIANTS = ("gln_skip_c2", "cln_causal_skip_c3", "gln_noskip_c3", "cln_causal_noskip_c2")
-ENGINES = ("conv", "matmul", "kernels")
 STEPS = 3
 # Relative gradient error allowed per parameter, ||g - g_ref|| / ||g_ref||: float32 sums over
 # batch and frames in a different order (PReLU slopes and norm gains sum over every frame and
@@ -39,12 +39,13 @@ def fixture():
 
 
 def build_engine(settings, engine):
-    """The network this project trains with `engine` for the fixture's `settings`."""
-    net = ConvTasNet(N=settings["N"], L=settings["L"], B=settings["B"], H=settings["H"],
-                     Sc=settings["Sc"], P=settings["P"], X=settings["X"], R=settings["R"],
-                     C=settings["C"], norm_type=settings["norm_type"],
-                     causal=settings["causal"], mask_nonlinear="relu")
-    return net.set_formulation(engine)
+    """The network this project trains with `engine` (src.model.build.ENGINES) for the fixture's
+    `settings`."""
+    flags = {key: settings[key] for key in ("N", "L", "B", "H", "Sc", "P", "X", "R", "norm_type")}
+    flags.update(n_src=settings["C"], causal=str(bool(settings["causal"])).lower(),
+                 mask_nonlinear="relu", device_target="CPU")
+    return build_network(load_config([f"--{key}={value}" for key, value in flags.items()]),
+                         engine)
 
 
 def load_reference(net, fixture, prefix):
@@ -70,7 +71,7 @@ def relative_error(actual, expected):
 
 # Every variant on every engine; two of them (the CPU default on gLN with skip, the plain cell
 # on causal cLN without skip) are fast enough for every run, the rest are marked slow.
-FAST = {("gln_skip_c2", "kernels"), ("cln_causal_noskip_c2", "conv")}
+FAST = {("gln_skip_c2", "kernels"), ("cln_causal_noskip_c2", "plain")}
 CASES = [pytest.param(variant, engine, marks=() if (variant, engine) in FAST else pytest.mark.slow)
          for variant in VARIANTS for engine in ENGINES]
 

@@ -1,7 +1,9 @@
 """Audio I/O: reading with checks, resampling, and atomic writing.
 
-Reading goes through soundfile (WAV, FLAC, OGG, and MP3 where libsndfile supports it); resampling
-through librosa (soxr). Every failure a user can cause is a UserError naming the file.
+Reading goes through soundfile (WAV, FLAC, OGG, and MP3 where libsndfile supports it). Resampling
+is soxr at high quality, in this module only: a whole signal through librosa (`resample_audio`),
+a stream block by block through soxr's own streaming resampler (`resample_stream`, which librosa
+lacks). Every failure a user can cause is a UserError naming the file.
 """
 import contextlib
 import errno
@@ -83,6 +85,30 @@ def resample_audio(signal, orig_rate, target_rate):
         return np.asarray(signal, np.float32)
     return librosa.resample(np.asarray(signal, np.float32), orig_sr=orig_rate,
                             target_sr=target_rate, res_type="soxr_hq").astype(np.float32)
+
+
+def resample_stream(blocks, in_rate, out_rate, channels=1):
+    """Blocks ([n] or [channels, n]) resampled from in_rate to out_rate as a stream, with the
+    filter state carried across blocks (the same quality as `resample_audio`)."""
+    if in_rate == out_rate:
+        yield from blocks
+        return
+    import soxr
+    stream = soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32", quality="HQ")
+    pending = None   # one block of look-ahead, so that the last one is flushed with last=True
+    for block in blocks:
+        if pending is not None:
+            yield _resample_block(stream, pending, False)
+        pending = block
+    if pending is not None:
+        yield _resample_block(stream, pending, True)
+
+
+def _resample_block(stream, block, last):
+    block = np.ascontiguousarray(block, np.float32)
+    if block.ndim == 1:
+        return stream.resample_chunk(block, last=last)
+    return stream.resample_chunk(np.ascontiguousarray(block.T), last=last).T
 
 
 # Below this much free space a failed write is taken for a full disk (libsndfile does not say).

@@ -116,18 +116,31 @@ def read_rows(dataset, **iterator_args):
     deleted or damaged after preprocessing (the UserError of `read_audio` is quoted in it) or a
     truncated MindRecord file ("Failed to read file", without a name). Either becomes one line
     naming the file (or the split's MindRecord files) and what to do.
+
+    Like MindSpore's iterator, the result ends each of `num_epochs` epochs with StopIteration and
+    continues with the next epoch when it is iterated again (the trainer's loop over epochs).
     """
-    iterator = dataset.create_dict_iterator(**iterator_args)
-    while True:
+    return _Rows(dataset, dataset.create_dict_iterator(**iterator_args))
+
+
+class _Rows:
+    """An iterator over a MindSpore dict iterator that turns its reading errors into UserErrors."""
+
+    def __init__(self, dataset, iterator):
+        self.dataset, self.iterator = dataset, iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
         try:
-            row = next(iterator)
+            return next(self.iterator)
         except StopIteration:
-            return
+            raise
         except (RuntimeError, UserError) as err:
             # MindSpore re-raises an exception of the source as RuntimeError, or as its own
             # type, with the whole traceback of the worker as the message
-            raise reading_error(err, getattr(dataset, "data_files", ())) from None
-        yield row
+            raise reading_error(err, getattr(self.dataset, "data_files", ())) from None
 
 
 _QUOTED_USER_ERROR = re.compile(r"^(?:\w+\.)*UserError: (.+)$", re.MULTILINE)

@@ -168,7 +168,7 @@ class SplitReader:
     """Reads single sources and noises of a preprocessed split from the WAVs its JSON lists name.
 
     Dynamic mixing needs random access to single utterances; MindRecord rows are not read for it
-    (MindPage's lookup by mixture_id grows with the number of rows: 160 ms per row at 20,000).
+    (MindPage's lookup by mixture_id grows with the number of rows, benchmarks/README.md).
     """
 
     def __init__(self, split, n_src, sample_rate, noise):

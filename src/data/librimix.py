@@ -140,12 +140,6 @@ def read_mixture(paths, sample_rate, resample, encoding):
 
 # ---------------------------------------------------------------- output: the index of a split
 
-def write_json(path, value):
-    """Write `value` as JSON to `path` (inside a folder that is renamed into place as a whole)."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f)
-
-
 def read_json(path):
     try:
         with open(path, encoding="utf-8") as f:

@@ -18,10 +18,11 @@ import numpy as np
 
 from src.model_utils.config import Config
 from src.model_utils.errors import UserError
+from src.model_utils.atomic import write_json
 from src.model_utils.progress import progress_bar
 from src.data.layouts import find_split_root, list_mixtures, source_settings
 from src.data.librimix import (FORMAT_VERSION, INFO_FILE, SMALLER_SPLIT, check_mixture,
-                               existing_splits, read_info, read_mixture, stream_names, write_json)
+                               existing_splits, read_info, read_mixture, stream_names)
 from src.data.mindrecord_io import SplitWriter, read_order
 
 BLOCK = 256  # mixtures handed to the workers at a time (bounds the memory of pass 2)
@@ -191,17 +192,18 @@ class _SplitJob:
         if "mindrecord" in self.formats:
             info.update(self.write_mindrecord(tmp))
         lengths = np.asarray(self.lengths, np.int64)
-        write_json(os.path.join(tmp, "ids.json"), [self.ids[i] for i in self.good])
+        write_json(os.path.join(tmp, "ids.json"), [self.ids[i] for i in self.good], indent=None)
         for j, name in enumerate(stream_names(cfg.n_src)):
             write_json(os.path.join(tmp, f"{name}.json"),
-                       [[self.files[i][j], int(n)] for i, n in zip(self.good, lengths)])
+                       [[self.files[i][j], int(n)] for i, n in zip(self.good, lengths)],
+                       indent=None)
         with open(os.path.join(tmp, "skipped.txt"), "w", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in self.bad)
         info.update(mixtures=len(self.good), skipped=len(self.bad),
                     hours=float(lengths.sum() / cfg.sample_rate / 3600),
                     min_seconds=float(lengths.min() / cfg.sample_rate),
                     max_seconds=float(lengths.max() / cfg.sample_rate), skipped_list=self.bad[:20])
-        write_json(os.path.join(tmp, INFO_FILE), info)
+        write_json(os.path.join(tmp, INFO_FILE), info, indent=None)
         return info
 
     def write_mindrecord(self, tmp):

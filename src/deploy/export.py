@@ -17,7 +17,7 @@ import numpy as np
 from src.model_utils.errors import UserError
 
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
-DYNAMIC = -1
+TOLERANCE = 1e-4   # largest difference a reloaded MINDIR may show against the network
 
 
 def export_input(input_length):
@@ -63,11 +63,11 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=".tmp-export-", dir=directory)
-    # The C++ kernels of the CPU formulation are a library of this machine: the file gets the
-    # same computation in MindSpore's operators.
-    formulation = getattr(net, "formulation", None)
-    if formulation == "kernels":
-        net.set_formulation("matmul")
+    # The C++ kernels of the CPU engine are a library of this machine: the file gets the same
+    # computation in MindSpore's operators.
+    kernels = getattr(net, "kernels", False)
+    if kernels:
+        net.set_kernels(False)
     try:
         tmp_stem = os.path.join(tmp_dir, "model")
         try:
@@ -82,8 +82,8 @@ def export_network(net, file_name, file_format="MINDIR", input_length=0, device_
         raise UserError(f"file_format: {file_format} export failed: {why}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        if formulation == "kernels":
-            net.set_formulation(formulation)
+        if kernels:
+            net.set_kernels(True)
     return path
 
 
@@ -133,3 +133,39 @@ def check_mindir(net, path, lengths, seed=0):
             raise RuntimeError(f"{path}: output shape {got.shape}, the cell gives {expected.shape}")
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
+
+
+def run_export(cfg, log=print):
+    """export.py: export cfg.ckpt_file as cfg.file_format to cfg.file_name. A MINDIR is loaded
+    back and checked against the network before it is renamed into place (a file that fails its
+    check is never published); ONNX is src/deploy/onnx_export.run_onnx_export. Returns the path
+    written."""
+    from src.model.checkpoint import load_network
+
+    if 0 < cfg.input_length < cfg.L:
+        raise UserError(f"input_length: {cfg.input_length} samples is shorter than the encoder "
+                        f"kernel L={cfg.L}; expected 0 (any length) or at least {cfg.L}")
+    net = load_network(cfg)
+    if cfg.file_format == "ONNX":
+        from src.deploy.onnx_export import run_onnx_export
+        return run_onnx_export(cfg, net, log)
+    lengths = ([cfg.input_length] if cfg.input_length else
+               [cfg.sample_rate, cfg.sample_rate * 3 // 2 + 3])
+    checked = {}
+
+    def check(exported):
+        checked["worst"] = worst = check_mindir(net, exported, lengths)
+        if worst > TOLERANCE:
+            raise UserError(f"{cfg.file_name}: the reloaded MINDIR differs from the network by "
+                            f"{worst:.3g} (more than {TOLERANCE}); nothing written")
+
+    path = export_network(net, cfg.file_name, cfg.file_format, cfg.input_length,
+                          cfg.device_target, check=check if cfg.file_format == "MINDIR" else None)
+    shape = "[1, T] for any T" if cfg.input_length == 0 else f"[1, {cfg.input_length}]"
+    log(f"exported {path} ({cfg.file_format}, input {shape})")
+    if cfg.file_format != "MINDIR":
+        log(f"not checked: MindSpore cannot load {cfg.file_format} back")
+        return path
+    log(f"checked: the reloaded MINDIR gives the network's output at lengths "
+        f"{', '.join(map(str, lengths))} (largest difference {checked['worst']:.3g})")
+    return path

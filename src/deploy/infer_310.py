@@ -24,7 +24,7 @@ import numpy as np
 
 from src.model_utils.errors import UserError
 from src.model_utils.progress import progress_bar
-from src.deploy.inference import separate_in_chunks, stream_separate
+from src.deploy.inference import chunk_settings, separate_in_chunks, stream_separate
 
 MANIFEST = "manifest.json"
 PREPROCESS_DIR = "preprocess_Result"
@@ -49,10 +49,9 @@ def run_chunked(model_fn, mixture, chunk_samples, overlap_samples, align, fixed_
 
 
 def _chunk_settings(cfg, fixed_length):
-    chunk = fixed_length if fixed_length > 0 else int(round(cfg.chunk_seconds * cfg.sample_rate))
-    overlap = int(round(cfg.chunk_overlap * cfg.sample_rate))
+    chunk, overlap, align = chunk_settings(cfg, "chunk_seconds", fixed_length)
     return {"sample_rate": cfg.sample_rate, "n_src": cfg.n_src, "fixed_length": fixed_length,
-            "chunk_samples": chunk, "overlap_samples": overlap, "align": cfg.L // 2}
+            "chunk_samples": chunk, "overlap_samples": overlap, "align": align}
 
 
 def _write_f32(path, array):
@@ -256,3 +255,47 @@ def read_result(result_dir, name, n_src, samples):
         raise UserError(f"{path}: {data.size} values, expected {n_src} x {samples} "
                         "(a result of another model or input)")
     return data.reshape(n_src, samples)
+
+
+def _mindir_path(cfg):
+    if not cfg.mindir_path:
+        raise UserError("mindir_path: expected the exported MINDIR (--mindir_path=...)")
+    return cfg.mindir_path
+
+
+def run_310_preprocess(cfg, log=print):
+    """preprocess_310.py: the test split of cfg.data_dir as .bin inputs for the MINDIR
+    cfg.mindir_path, in <infer_dir>/preprocess_Result. Returns the manifest. With
+    cfg.check_inputs_only, writes nothing and checks the sizes of the files written before."""
+    prep_dir = os.path.join(cfg.infer_dir, PREPROCESS_DIR)
+    if cfg.check_inputs_only:
+        manifest = check_inputs(prep_dir)
+        log(f"{prep_dir}: the inputs of {len(manifest['utterances'])} utterances are complete")
+        return manifest
+    return write_310_inputs(cfg, _mindir_path(cfg), prep_dir, log)
+
+
+def run_cpu_inference(cfg, log=print):
+    """infer_cpu.py: every preprocessed input through the MINDIR cfg.mindir_path, on this
+    process's device, into <infer_dir>/result_Files."""
+    run_bins_on_cpu(_mindir_path(cfg), os.path.join(cfg.infer_dir, PREPROCESS_DIR, INPUT_DIR),
+                    os.path.join(cfg.infer_dir, RESULT_DIR), log)
+
+
+def run_postprocess(cfg, log=print):
+    """postprocess.py: score the results under cfg.infer_dir; writes eval_results.csv and
+    eval_summary.json there, and with cfg.save_wav the separated sources of that many utterances
+    to <infer_dir>/wav/ (as eval.py writes them). Returns (rows, summary)."""
+    from src.evaluation.evaluate import summary_line, wav_writer, write_results
+    from src.deploy.output_level import check_output_settings, output_subtype
+
+    if cfg.save_wav > 0:
+        check_output_settings(cfg)
+    save = wav_writer(os.path.join(cfg.infer_dir, "wav"), cfg.save_wav, cfg.sample_rate,
+                      cfg.output_scale, output_subtype(cfg))
+    rows, summary = postprocess(os.path.join(cfg.infer_dir, PREPROCESS_DIR),
+                                os.path.join(cfg.infer_dir, RESULT_DIR), on_utterance=save)
+    write_results(cfg.infer_dir, rows, summary)
+    log(summary_line(summary))
+    log(f"Average SISNR improvement: {summary['si_snri']:.4f}")
+    return rows, summary

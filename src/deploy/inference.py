@@ -43,6 +43,30 @@ def chunk_geometry(chunk_samples, overlap_samples, align=1):
     return chunk, chunk - hop, hop
 
 
+def chunk_settings(cfg, seconds_key, fixed_length=0):
+    """(chunk_samples, overlap_samples, align) at the model's rate, from the configuration.
+
+    Chunks of `cfg.<seconds_key>` seconds (0: the whole signal at once), or of `fixed_length`
+    samples for a model that takes exactly that many; consecutive chunks overlap by
+    cfg.chunk_overlap seconds; chunk starts are aligned to the encoder stride L/2. Raises
+    UserError naming the key for a negative length, a chunk shorter than two encoder kernels,
+    or an overlap that is not shorter than a chunk.
+    """
+    seconds = getattr(cfg, seconds_key)
+    if seconds < 0:
+        raise UserError(f"{seconds_key}: expected seconds >= 0 (0: whole signals), got {seconds}")
+    chunk = fixed_length if fixed_length > 0 else int(round(seconds * cfg.sample_rate))
+    key = "input_length" if fixed_length > 0 else seconds_key
+    if 0 < chunk < 2 * cfg.L:
+        raise UserError(f"{key}: chunks of {chunk} samples are shorter than two encoder kernels "
+                        f"(2 L = {2 * cfg.L} samples at {cfg.sample_rate} Hz)")
+    overlap = int(round(cfg.chunk_overlap * cfg.sample_rate))
+    if overlap < 0 or (chunk > 0 and overlap >= chunk):
+        raise UserError(f"chunk_overlap: expected seconds >= 0 and shorter than a chunk "
+                        f"({chunk} samples), got {cfg.chunk_overlap}")
+    return chunk, overlap, cfg.L // 2
+
+
 def crossfade_windows(overlap):
     """Fade-out and fade-in windows [overlap] (raised cosine) that sum to one at every sample."""
     fade_in = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
@@ -165,7 +189,7 @@ def dynamic_model_function(net):
 
     In graph mode a cell compiles one graph per input shape (seconds each, and each kept in
     memory); utterances and recordings all differ in length. A graph with a dynamic time axis is
-    also leaner for long inputs (one speaker's mask at a time, src/model/conv_tasnet.py).
+    also leaner for long inputs (one speaker's mask at a time, src/model/cpu_engine.py).
     The cell is wrapped in a cell with a dynamic time axis (set_inputs), so that `net` itself,
     which training may be running with other shapes, keeps its inputs and parameter names.
     """
@@ -203,18 +227,11 @@ def load_model(cfg, path):
     if path.lower().endswith(".onnx"):
         from src.deploy.onnx_runtime import load_onnx
         return load_onnx(path)
-    import mindspore as ms
-    from mindspore import nn
-
+    from src.deploy.export import load_mindir
     from src.model.checkpoint import load_network
 
     if path.lower().endswith(".mindir"):
-        try:
-            net = nn.GraphCell(ms.load(path))
-        except (RuntimeError, ValueError, OSError) as err:
-            raise UserError(f"{path}: not a readable MINDIR ({str(err).splitlines()[0][:160]})") \
-                from None
-        graph_fn = model_function(net)
+        graph_fn = model_function(load_mindir(path))
 
         def run(mixture):
             try:

@@ -2,10 +2,10 @@
 
 MindSpore's ONNX converter exports fixed input shapes only and has no rule for the operators of
 gLN (Rsqrt), cLN (CumSum) or the decoder's transposed convolution (Conv2DBackpropInput), so the
-graph is written here, operator by operator, in the frames-last matrix-product form of
-src/model/conv_tasnet.py ("matmul"): the same function with the same weights, every 1x1
-convolution a MatMul (which onnxruntime's int8 quantization handles best), and both the batch and
-the time axis dynamic:
+graph is written here, operator by operator, in the frames-last matrix-product form of the CPU
+engine (src/model/cpu_engine.py): the same function with the same weights (of the plain network
+or the CPU engine, which have the same parameters), every 1x1 convolution a MatMul (which
+onnxruntime's int8 quantization handles best), and both the batch and the time axis dynamic:
 
     mixture [batch, T] (any T >= 1, as the network) -> estimates [batch, C, T]
 
@@ -84,9 +84,10 @@ def _prelu(g, x, prelu, hint):
 
 def _norm(g, x, norm, hint):
     """gLN, cLN or BN (inference: moving statistics) of x [batch, K, channels]."""
-    from src.model.conv_tasnet import EPS, BatchNorm, CumulativeLayerNorm, GlobalLayerNorm
+    from mindspore import nn
+    from src.model.conv_tasnet import EPS, CumulativeLayerNorm, GlobalLayerNorm
 
-    if isinstance(norm, BatchNorm):
+    if isinstance(norm, nn.BatchNorm1d):
         scale = _array(norm.gamma) / np.sqrt(_array(norm.moving_variance) + norm.eps)
         shift = _array(norm.beta) - _array(norm.moving_mean) * scale
         return g.op("Add", [g.op("Mul", [x, g.const(scale, f"{hint}.scale")]),

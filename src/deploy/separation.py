@@ -1,13 +1,14 @@
 """Separating a user's recordings: any readable format, rate and channel count, any length.
 
 A file is streamed: blocks are read with soundfile, downmixed to mono, resampled to the model's
-rate with a streaming soxr resampler, separated chunk by chunk (src.deploy.inference.stream_separate),
-resampled back to the file's rate and appended to temporary raw float32 files. The estimates are
-then brought to the level of the (downmixed) input, whose blocks are kept until their estimates
-come out, with the gains of src/deploy/output_level.py (statistics gathered during the stream),
-and written as `<name>_s1.wav` ... `<name>_sC.wav` in cfg.output_format. Memory therefore depends
-on the chunk length, not on the length of the file. Outputs are written under temporary names and
-renamed when complete.
+rate as a stream (src.data.audio.resample_stream), separated chunk by chunk
+(src.deploy.inference.stream_separate), resampled back to the file's rate and appended to
+temporary raw float32 files. The estimates are then brought to the level of the (downmixed)
+input, whose blocks are kept until their estimates come out, with the gains of
+src/deploy/output_level.py (statistics gathered during the stream), and written as
+`<name>_s1.wav` ... `<name>_sC.wav` in cfg.output_format. Memory therefore depends on the chunk
+length, not on the length of the file. Outputs are written under temporary names and renamed when
+complete.
 """
 import collections
 import contextlib
@@ -19,10 +20,10 @@ import tempfile
 import numpy as np
 import soundfile as sf
 
-from src.data.audio import audio_writing, probe_audio
+from src.data.audio import audio_writing, probe_audio, resample_stream
 from src.model_utils.atomic import TEMPORARY_PREFIX, atomic_output, remove_leftovers
 from src.model_utils.errors import UserError
-from src.deploy.inference import stream_separate
+from src.deploy.inference import chunk_settings, stream_separate
 from src.deploy.output_level import LevelMatcher, check_output_settings, output_subtype
 
 READ_BLOCK = 1 << 16          # frames read from the input at a time
@@ -87,29 +88,6 @@ def _mono_blocks(audio, path):
             from None
 
 
-def _resampled(blocks, in_rate, out_rate, channels=1):
-    """Blocks ([n] or [C, n]) resampled from in_rate to out_rate as a stream."""
-    if in_rate == out_rate:
-        yield from blocks
-        return
-    import soxr      # only here: separating at the model's rate needs no soxr
-    stream = soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32", quality="HQ")
-    pending = None   # one block of look-ahead, so that the last one is flushed with last=True
-    for block in blocks:
-        if pending is not None:
-            yield _resample_block(stream, pending, False)
-        pending = block
-    if pending is not None:
-        yield _resample_block(stream, pending, True)
-
-
-def _resample_block(stream, block, last):
-    block = np.ascontiguousarray(block, np.float32)
-    if block.ndim == 1:
-        return stream.resample_chunk(block, last=last)
-    return stream.resample_chunk(np.ascontiguousarray(block.T), last=last).T
-
-
 def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, align, protected=()):
     """Separate one file into `<stem>_s1.wav` ... at the file's rate. Returns the written paths.
 
@@ -138,12 +116,13 @@ def separate_file(model_fn, path, stem, cfg, chunk_samples, overlap_samples, ali
             raise UserError(f"{path}: its output {clash[0]} would overwrite an input; "
                             "choose another --output_dir")
         tap = _MixtureTap(_mono_blocks(audio, path))
-        mixture = _resampled(tap, rate, cfg.sample_rate)
+        mixture = resample_stream(tap, rate, cfg.sample_rate)
         fixed_length = getattr(model_fn, "max_samples", None) is not None
         estimates = stream_separate(model_fn, mixture, chunk_samples, overlap_samples, align,
                                     join_tail=not fixed_length)
-        estimates = _resampled(estimates, cfg.sample_rate, rate, channels=cfg.n_src)
-        with contextlib.ExitStack() as stack:
+        estimates = resample_stream(estimates, cfg.sample_rate, rate, channels=cfg.n_src)
+        folder = os.path.dirname(os.path.abspath(outputs[0]))
+        with _naming(folder), contextlib.ExitStack() as stack:
             raw = [stack.enter_context(_scratch_file(os.path.dirname(os.path.abspath(o))))
                    for o in outputs]
             level = LevelMatcher(cfg.n_src)
@@ -186,6 +165,18 @@ class _MixtureTap:
                 self.offset = 0
         parts.append(np.zeros(need, np.float32))
         return np.concatenate(parts)
+
+
+@contextlib.contextmanager
+def _naming(folder):
+    """An OSError without a file name inside the block (a scratch file has none: a full disk
+    while the estimates are buffered) names `folder`, where the scratch files are."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, folder) from None
 
 
 @contextlib.contextmanager
@@ -267,20 +258,12 @@ def separate_inputs(model_fn, cfg, chunk_samples, overlap_samples, align, log=pr
 
 
 def chunking(cfg, model_fn=None):
-    """(chunk, overlap, align) in samples at the model's rate, from the configuration."""
-    chunk = int(round(cfg.separate_chunk_seconds * cfg.sample_rate))
-    if cfg.model_path.lower().endswith(".mindir") and cfg.input_length > 0:
-        chunk = cfg.input_length            # a fixed-length MINDIR takes exactly this much
-    if getattr(model_fn, "max_samples", None):
-        chunk = model_fn.max_samples        # so does a fixed-length ONNX model
-    overlap = int(round(cfg.chunk_overlap * cfg.sample_rate))
-    if 0 < chunk < 2 * cfg.L:
-        raise UserError(f"separate_chunk_seconds: {cfg.separate_chunk_seconds} s is shorter than "
-                        f"two encoder kernels (2 L = {2 * cfg.L} samples at {cfg.sample_rate} Hz)")
-    if overlap < 0 or (chunk > 0 and overlap >= chunk):
-        raise UserError(f"chunk_overlap: expected seconds >= 0 and shorter than a chunk "
-                        f"({chunk} samples), got {cfg.chunk_overlap}")
-    return chunk, overlap, cfg.L // 2
+    """(chunk, overlap, align) in samples at the model's rate for separate.py: chunks of
+    separate_chunk_seconds, or of the fixed length of a model that takes exactly that many (a
+    MINDIR exported with input_length, a fixed-length ONNX model's max_samples)."""
+    fixed = cfg.input_length if cfg.model_path.lower().endswith(".mindir") else 0
+    fixed = getattr(model_fn, "max_samples", None) or fixed
+    return chunk_settings(cfg, "separate_chunk_seconds", max(fixed, 0))
 
 
 def with_model_settings(cfg, model_fn):

@@ -17,7 +17,8 @@ import time
 import numpy as np
 import soundfile as sf
 
-from src.deploy.separation import _mono_blocks, _open_input, _resampled
+from src.data.audio import resample_stream
+from src.deploy.separation import _mono_blocks, _open_input
 from src.deploy.streaming import check_causal, load_streaming_separator
 from src.model_utils.atomic import atomic_output
 from src.model_utils.errors import UserError
@@ -134,7 +135,7 @@ def run_streaming(cfg, log=None, stdin=None, stdout=None):
         else:
             audio = stack.enter_context(_open_input(cfg.input))
             rate = audio.samplerate
-            hops = _rehop(_resampled(_mono_blocks(audio, cfg.input), rate, cfg.sample_rate),
+            hops = _rehop(resample_stream(_mono_blocks(audio, cfg.input), rate, cfg.sample_rate),
                           hop)
             stem = os.path.splitext(os.path.basename(cfg.input))[0]
         if cfg.output_dir == STDIO:
@@ -155,8 +156,8 @@ def run_streaming(cfg, log=None, stdin=None, stdout=None):
             for block in estimates:
                 sink.write(block)
         else:
-            _write_resampled(sink, _resampled(estimates, cfg.sample_rate, rate,
-                                              channels=cfg.n_src), cfg.n_src, audio.frames)
+            _write_resampled(sink, resample_stream(estimates, cfg.sample_rate, rate,
+                                                  channels=cfg.n_src), cfg.n_src, audio.frames)
     for line in summary(cfg, hop, separator.received / cfg.sample_rate, hop_times):
         log(line)
     if sink.paths:

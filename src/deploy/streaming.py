@@ -261,16 +261,10 @@ def load_streaming_separator(cfg, path):
     checkpoint is loaded into the model as for offline use, with the same errors for a checkpoint
     of another configuration.
     """
-    from src.model import cpu_kernels
     from src.model.checkpoint import load_network
 
     check_causal(cfg, path)
-    # Only the parameters are read: building the model's C++ kernels would just delay the start.
-    enabled = cpu_kernels.enabled()
-    cpu_kernels.set_enabled(False)
-    try:
-        net = load_network(cfg, path)
-    finally:
-        cpu_kernels.set_enabled(enabled)
+    # Only the parameters are read: the plain network, so no C++ kernels are built.
+    net = load_network(cfg, path, engine="plain")
     params = {name: param.asnumpy() for name, param in net.parameters_and_names()}
     return StreamingSeparator.from_config(cfg, params, path)

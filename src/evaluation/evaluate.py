@@ -302,7 +302,7 @@ def run_evaluation(cfg, log=print):
     """
     from src.model.checkpoint import load_network
     from src.data.dataset import create_eval_dataset
-    from src.model_utils.device import init_device
+    from src.deploy.inference import chunk_settings
     from src.deploy.output_level import check_output_settings, output_subtype
 
     metrics = check_metrics(cfg.metrics, cfg.sample_rate)
@@ -310,9 +310,7 @@ def run_evaluation(cfg, log=print):
         check_output_settings(cfg)
     if cfg.save_wav < 0:
         raise UserError(f"save_wav: expected a number of utterances >= 0, got {cfg.save_wav}")
-    if cfg.chunk_seconds < 0 or cfg.chunk_overlap < 0:
-        raise UserError("chunk_seconds, chunk_overlap: expected seconds >= 0")
-    init_device(cfg)
+    chunk, overlap, align = chunk_settings(cfg, "chunk_seconds")
     if cfg.ckpt_file.lower().endswith(".onnx"):
         # An exported ONNX model, run by onnxruntime with the same chunking and scoring.
         from src.deploy.onnx_runtime import check_settings, load_onnx
@@ -322,8 +320,6 @@ def run_evaluation(cfg, log=print):
         net = load_network(cfg)
     dataset, ids = create_eval_dataset(cfg, cfg.test_name)
     eval_dir = os.path.join(cfg.output_dir, f"eval_{cfg.test_name}")
-    chunk = int(round(cfg.chunk_seconds * cfg.sample_rate))
-    overlap = int(round(cfg.chunk_overlap * cfg.sample_rate))
     ckpt = os.path.abspath(cfg.ckpt_file)
     key = {"ckpt_file": ckpt, "ckpt_mtime": os.path.getmtime(ckpt),
            "data_dir": os.path.abspath(cfg.data_dir), "test_name": cfg.test_name,
@@ -334,7 +330,7 @@ def run_evaluation(cfg, log=print):
         log(f"resuming: {len(journal.done)} of {len(ids)} utterances already scored")
     try:
         rows, summary = evaluate(net, dataset, ids, cfg.n_src, cfg.eval_sdr, chunk, overlap,
-                                 align=cfg.L // 2, progress=True, done=journal.done,
+                                 align=align, progress=True, done=journal.done,
                                  on_utterance=wav_writer(os.path.join(eval_dir, "wav"),
                                                          cfg.save_wav, cfg.sample_rate,
                                                          cfg.output_scale, output_subtype(cfg)),

@@ -6,7 +6,7 @@ import re
 import mindspore as ms
 
 from src.model_utils.atomic import atomic_output
-from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.model.build import build_network, model_kwargs
 from src.model_utils.errors import UserError
 
 
@@ -178,13 +178,13 @@ def save_checkpoint(cell, path, extra=None, settings=None):
         ms.save_checkpoint(cell, tmp, append_dict=extra)
 
 
-def load_network(cfg, path=None):
-    """A ConvTasNet built from `cfg` with the weights of `path` (default `cfg.ckpt_file`), in eval mode."""
+def load_network(cfg, path=None, engine=None):
+    """The network of `cfg` (src.model.build.build_network, `engine`) with the weights of `path`
+    (default `cfg.ckpt_file`), in eval mode."""
     path = path or cfg.ckpt_file
     if not path:
         raise UserError("ckpt_file: expected the path of a checkpoint (--ckpt_file=...)")
-    settings = model_kwargs(cfg)
-    net = ConvTasNet(**settings)
-    load_weights(net, path, settings=settings)
+    net = build_network(cfg, engine)
+    load_weights(net, path, settings=model_kwargs(cfg))
     net.set_train(False)
     return net

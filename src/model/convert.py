@@ -375,7 +375,7 @@ def convert(src, dst, cfg):
     import mindspore as ms
     from src.model_utils.atomic import write_yaml
     from src.model.checkpoint import save_checkpoint
-    from src.model.conv_tasnet import ConvTasNet, model_kwargs
+    from src.model.build import build_network
     from src.model_utils.config import Config
 
     if not dst.endswith(".ckpt"):
@@ -388,7 +388,8 @@ def convert(src, dst, cfg):
     kind, state, model_args = detect_format(read_torch_file(src), src)
     settings, assumed = (asteroid_config(model_args, src), ()) if model_args is not None \
         else state_dict_config(kind, state, cfg, src)
-    net = ConvTasNet(**model_kwargs(Config({**cfg.to_dict(), **settings})))
+    # The plain engine: the parameters are the same in every engine, and it compiles nothing.
+    net = build_network(Config({**cfg.to_dict(), **settings}), engine="plain")
     targets = {name: tuple(p.shape) for name, p in net.parameters_and_names()}
     params = map_parameters(kind, state, targets, src)
     for name in targets:
@@ -403,3 +404,18 @@ def convert(src, dst, cfg):
     save_checkpoint(net, dst)
     write_yaml(recipe, {key: settings[key] for key in MODEL_KEYS})
     return kind, settings, assumed, recipe
+
+
+def run_conversion(cfg, log=print):
+    """convert_pytorch.py: convert cfg.src into cfg.dst and its recipe, and say what was assumed.
+    Returns the recipe's path."""
+    if not cfg.src or not cfg.dst:
+        raise UserError("src, dst: expected --src <file.pth|.bin> --dst <file.ckpt>")
+    kind, settings, assumed, recipe = convert(cfg.src, cfg.dst, cfg)
+    log(f"{cfg.src}: {kind} Conv-TasNet, " + ", ".join(f"{k}={settings[k]}" for k in MODEL_KEYS))
+    if assumed:
+        log("not recorded in the file, taken from the configuration (pass the model's values "
+            "if they differ): " + ", ".join(f"--{k}={settings[k]}" for k in assumed))
+    log(f"wrote {cfg.dst} and {recipe}")
+    log(f"next: python eval.py --config_path {recipe} --ckpt_file {cfg.dst}")
+    return recipe

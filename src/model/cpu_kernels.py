@@ -1,7 +1,7 @@
-"""The C++ kernels of the CPU formulation (src/model/kernels/conv_tasnet_cpu.cc) as MindSpore operators.
+"""The C++ kernels of the CPU engine (src/model/kernels/conv_tasnet_cpu.cc) as MindSpore operators.
 
 Each kernel runs one chain of a convolutional block (PReLU, depthwise convolution, gLN) in two
-passes over its tensor, for graphs of any length: MindSpore 2.7's graph-kernel fusion works only
+passes over its tensor, for graphs of any length. MindSpore 2.7: graph-kernel fusion works only
 for static shapes, so the dynamic-length graph (eval.py) otherwise runs every elementwise
 operator as a kernel of its own (benchmarks/README.md).
 
@@ -9,8 +9,9 @@ The source is compiled on first use with the machine's C++ compiler (`$CXX`, els
 CPU (-march=native) into a cache folder, `$CONV_TASNET_KERNEL_CACHE` or
 ~/.cache/conv_tasnet_mindspore, under a name that hashes the source, the flags, the compiler and
 the CPU, so that a changed source or another machine sharing the folder gets its own build.
-Without a compiler (or if the build fails) `library()` is None, says why once, and the model
-keeps MindSpore's own operators (src/model/conv_tasnet.py, default_formulation).
+Nothing is compiled until a network with the "kernels" engine is built (src/model/build.py).
+Without a compiler (or if the build fails) `library()` is None and says why once; the default
+engine is then "matmul", the same computation in MindSpore's own operators.
 """
 import functools
 import hashlib
@@ -28,16 +29,6 @@ CACHE_ENV = "CONV_TASNET_KERNEL_CACHE"
 KERNELS = {"GlobalNorm": 3, "PReLUNorm": 4, "DepthwisePReLUNorm": 7}
 
 logger = logging.getLogger(__name__)
-_state = {"enabled": True}
-
-
-def set_enabled(enabled):
-    """Switch the kernels on or off for models built from now on (config key cpu_kernels)."""
-    _state["enabled"] = bool(enabled)
-
-
-def enabled():
-    return _state["enabled"]
 
 
 def cache_dir():
@@ -104,11 +95,6 @@ def library():
     logger.warning("CPU kernels not built (%s); using MindSpore's operators, which are slower "
                    "for graphs of any length", why)
     return None
-
-
-def available():
-    """Whether the kernels are switched on and built."""
-    return enabled() and library() is not None
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,6 +1,6 @@
-"""Fused layers, with hand-written gradients, of the frames-last ("matmul") Conv-TasNet formulation.
+"""Fused layers, with hand-written gradients, of the CPU engine (src/model/cpu_engine.py).
 
-In the frames-last formulation (see src/model/conv_tasnet.py) a block's tensors are [batch, K, H]. Two
+In the CPU engine a block's tensors are frames last, [batch, K, H]. Two
 chains of a block are one cell each, with a `bprop` that recomputes what it needs from the chain's
 input instead of keeping every intermediate tensor for the backward pass:
 
@@ -10,18 +10,18 @@ input instead of keeping every intermediate tensor for the backward pass:
 
 Each `bprop` makes its recomputation depend on the incoming gradient (ops.Depend): without that,
 the compiler merges the recomputation with the identical forward computation and keeps every
-intermediate after all (a paper-configuration training step on 1 x 4 s: 3.8 GB instead of 2.4).
+intermediate after all, at a much higher peak memory (benchmarks/README.md).
 
 The weights come in as inputs (a cell with a custom `bprop` gets gradients only for its inputs),
 so the parameters stay where the model keeps them, under their usual names. The reductions are
 written as sums over the last axis of 2-D views, the fast reductions of MindSpore's CPU kernels;
 autodiff of the same expressions reduces over leading axes, which is several times slower there.
 
-With `use_kernel(True)` (the "kernels" formulation on CPU) the forward pass of each of these cells
+With `use_kernel(True)` (the "kernels" engine) the forward pass of each of these cells
 is one C++ kernel (src/model/cpu_kernels.py); the backward pass stays as written here.
 
-Only primitives are called inside these cells: the functional wrappers (ops.relu, ops.zeros_like)
-break MindSpore 2.7's graph compiler when they are used in both `construct` and `bprop`.
+MindSpore 2.7: only primitives are called inside these cells: the functional wrappers (ops.relu,
+ops.zeros_like) break the graph compiler when they are used in both `construct` and `bprop`.
 """
 import numpy as np
 from mindspore import Tensor, nn, ops
@@ -48,7 +48,7 @@ def broadcast_like(x, like):
     """`x` (e.g. [H]) for an elementwise operation with `like` (e.g. [batch, K, H]).
 
     With a dynamic shape (a graph compiled for any length: set_inputs, a dynamic MINDIR), `x`
-    broadcast to the shape of `like` as a tensor of its own: MindSpore's CPU Mul/Add kernels,
+    broadcast to the shape of `like` as a tensor of its own. MindSpore 2.7: the CPU Mul/Add kernels,
     given operands of different shapes, keep a buffer of the full shape per operator for the
     whole run (GBs in this network) and run at half speed. With static shapes `x` itself:
     graph-kernel fusion (on for CPU in src/model_utils/device.py) fuses the implicit broadcast,
@@ -94,11 +94,11 @@ def gln(p, gamma, beta):
 
     As centred * (1/std * gamma) + beta, beta by BiasAdd: in a dynamic-shape graph (no fusion)
     that is one full-size product and one full-size broadcast fewer than normalising first, and
-    a third faster (11 vs 17 ms on [1, 10000, 512]).
+    faster (benchmarks/README.md).
 
     The sum of squares is a matrix product [batch, 1, K*H] x [batch, K*H, 1]: one pass over the
-    centred values instead of a full-size square and a reduction (without fusion 1.1 against
-    2.7 ms on [1, 10000, 512]).
+    centred values instead of a full-size square and a reduction, faster without fusion
+    (benchmarks/README.md).
     """
     batch = p.shape[0]
     centred = _centre(p)
@@ -113,8 +113,8 @@ def _normalised(p):
 
     The backward passes keep the forms they were tuned with in the fused training graph (the
     variance as a mean of squares, `prelu`); there the forward passes' forms (`gln`,
-    `_prelu_forward`) were no faster and raised a paper-configuration training step's peak RSS
-    (1,802 against 1,788 MB). One function choosing by shape would do, but MindSpore 2.7.1's
+    `_prelu_forward`) were no faster and raised a training step's peak RSS
+    (benchmarks/README.md). MindSpore 2.7: one function choosing by shape would do, but the
     compiler fails on gradients through a function that branches differently in `construct` and
     `bprop`.
     """
@@ -143,7 +143,7 @@ def _prelu_backward(dp, u, a):
 class FramePad(nn.Cell):
     """x [batch, K, H] with `before` and `after` zero frames: [batch, before + K + after, H].
 
-    A cell per padding (rather than one function with branches) because MindSpore 2.7's graph
+    MindSpore 2.7: a cell per padding (rather than one function with branches) because the graph
     compiler fails on a function that takes different branches in `construct` and `bprop`.
     """
 

@@ -67,9 +67,9 @@ def write_text(path, text):
             f.write(text)
 
 
-def write_json(path, obj):
-    """Write `obj` as indented JSON atomically."""
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+def write_json(path, obj, indent=2):
+    """Write `obj` as JSON (indented by `indent`; None: one line) atomically."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def write_yaml(path, mapping):

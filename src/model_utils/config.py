@@ -55,10 +55,6 @@ def _read_yaml_docs(path):
     return docs
 
 
-def _type_name(value):
-    return "number" if isinstance(value, float) else type(value).__name__
-
-
 def check_value(key, value, default, choices=None, source="command line"):
     """Return `value` converted to the type of `default`, or raise UserError naming `key`."""
     if default is None or value is None:

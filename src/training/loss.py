@@ -64,8 +64,6 @@ class PITLoss(nn.Cell):
     """Negative SI-SNR under the best permutation, averaged over sources and the batch.
 
     construct(estimates [batch, C, T], references [batch, C, T], lengths [batch]) -> scalar loss.
-    `best_permutation(...)` gives, for evaluation, the chosen permutation index per utterance
-    [batch], the reordered estimates [batch, C, T] and their SI-SNR [batch, C].
     """
 
     def __init__(self, n_src, pairwise=pairwise_si_snr):
@@ -74,7 +72,6 @@ class PITLoss(nn.Cell):
         self.pairwise = pairwise
         self.perms, table = permutation_table(n_src)
         self.table = ms.Tensor(table.reshape(len(self.perms), -1).T)    # [C*C, C!]
-        self.perm_index = ms.Tensor(np.array(self.perms, np.int32))      # [C!, C]
 
     def scores(self, estimates, references, lengths):
         """Mean SI-SNR of every permutation: [batch, C!], and the pairwise matrix."""
@@ -85,14 +82,3 @@ class PITLoss(nn.Cell):
     def construct(self, estimates, references, lengths):
         scores, _ = self.scores(estimates, references, lengths)
         return -scores.max(axis=1).mean()
-
-    def best_permutation(self, estimates, references, lengths):
-        scores, pairwise = self.scores(estimates, references, lengths)
-        best = scores.argmax(axis=1).astype(ms.int32)                    # [batch]
-        perm = ops.gather(self.perm_index, best, 0)                      # [batch, C]
-        reordered = ops.gather_elements(
-            estimates, 1, perm.expand_dims(-1).broadcast_to(estimates.shape))
-        batch_index = ops.arange(pairwise.shape[0]).reshape(-1, 1).broadcast_to(perm.shape)
-        ref_index = ops.arange(self.n_src).reshape(1, -1).broadcast_to(perm.shape)
-        si_snrs = pairwise[batch_index, perm, ref_index]                  # [batch, C]
-        return best, reordered, si_snrs

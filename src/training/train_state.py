@@ -76,12 +76,11 @@ class TrainState:
         return cls(**values)
 
 
-def end_of_epoch(state, score, lr_patience, lr_factor, stop_patience):
+def end_of_epoch(state, score, lr_patience, lr_factor):
     """Update the schedule with the epoch's validation score (higher is better).
 
-    Returns (improved, new_lr or None, stop): the learning rate is multiplied by lr_factor after
-    lr_patience epochs in a row without a better score; the run stops after stop_patience such
-    epochs (0: never).
+    Returns (improved, new_lr or None): the learning rate is multiplied by lr_factor after
+    lr_patience epochs in a row without a better score.
     """
     improved = score > state.best_score
     if improved:
@@ -95,8 +94,13 @@ def end_of_epoch(state, score, lr_patience, lr_factor, stop_patience):
         new_lr = state.lr * lr_factor
         state.lr = new_lr
         state.since_lr_change = 0
-    stop = stop_patience > 0 and state.since_best >= stop_patience
-    return improved, new_lr, stop
+    return improved, new_lr
+
+
+def stops_early(state, stop_patience):
+    """Whether the run stops: stop_patience epochs in a row without a better validation score
+    (0: never). Checked before each epoch, so a resumed run that had met it stops too."""
+    return stop_patience > 0 and state.since_best >= stop_patience
 
 
 def save_train_checkpoint(step_cell, path, state, settings=None):

@@ -106,7 +106,7 @@ class TrainStep(nn.TrainOneStepCell):
         grads = self.grad_reducer(grads)
         # One global norm serves the finiteness test and the clipping: a NaN or inf anywhere
         # makes it non-finite (so does a norm beyond float32's range). An IsFinite per gradient
-        # instead cost 0.3 s a step on CPU, a quarter of the paper configuration's step.
+        # instead costs a noticeable part of a CPU step (benchmarks/README.md).
         norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) / self.loss_scale
         finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(loss))
         if self.distributed:
@@ -114,7 +114,7 @@ class TrainStep(nn.TrainOneStepCell):
             loss = self.allreduce(loss) / self.rank_size
             finite = ops.logical_and(finite, ops.isfinite(loss))
         # Unscaling and clipping (as ops.clip_by_global_norm, the norm computed once) as one
-        # product per gradient: a division per gradient as well cost 0.2 s a step on CPU.
+        # product per gradient: a division per gradient as well is slower (benchmarks/README.md).
         factor = 1.0 / self.loss_scale
         if self.clip_norm > 0:
             factor = factor * self.clip_norm / ops.maximum(norm, self.clip_norm)
@@ -145,10 +145,6 @@ def make_optimizer(net, cfg):
 def set_learning_rate(optimizer, lr):
     """Set the learning rate used by the following steps."""
     optimizer.learning_rate.set_data(ms.Tensor(float(lr), ms.float32))
-
-
-def get_learning_rate(optimizer):
-    return float(optimizer.learning_rate.asnumpy())
 
 
 def mixed_precision_level(cfg):

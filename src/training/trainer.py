@@ -19,8 +19,7 @@ import os
 import sys
 import time
 
-
-from src.model.conv_tasnet import ConvTasNet, model_kwargs
+from src.model.build import build_network, model_kwargs
 from src.training.curves import CSV_NAME, JSON_NAME, PNG_NAME, write_curves
 from src.data.dataset import read_rows
 from src.model_utils.atomic import remove_leftovers, write_yaml
@@ -30,7 +29,8 @@ from src.evaluation.evaluate import evaluate
 from src.deploy.inference import dynamic_model_function
 from src.training.train_state import (PREFIX, TrainState, best_path, end_of_epoch, epoch_path,
                                       last_path, load_train_checkpoint, new_running,
-                                      prune_epoch_checkpoints, resume_path, save_train_checkpoint)
+                                      prune_epoch_checkpoints, resume_path, save_train_checkpoint,
+                                      stops_early)
 from src.training.train_step import init_parallel, make_train_step, set_learning_rate
 
 CONFIG_NAME = "config.yaml"
@@ -132,7 +132,7 @@ def train(cfg):
         RunLog(rank_id, rank_size)(note)
     train_set = create_train_dataset(cfg, rank_id, rank_size)
     valid_set, _ = create_eval_dataset(cfg, cfg.valid_name, cfg.cv_maxlen)
-    net = ConvTasNet(**model_kwargs(cfg))
+    net = build_network(cfg)
     return fit(cfg, net, train_set, valid_set, rank_id, rank_size)
 
 
@@ -177,7 +177,7 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
 
     batches = None
     while state.epoch < cfg.epochs:
-        if cfg.early_stop_patience > 0 and state.since_best >= cfg.early_stop_patience:
+        if stops_early(state, cfg.early_stop_patience):
             log(f"stopped early: no better validation SI-SNRi for {state.since_best} epochs")
             break
         if batches is None:
@@ -193,8 +193,7 @@ def fit(cfg, net, train_set, valid_set, rank_id=0, rank_size=1):
         state.epoch_step = 0
         state.running = new_running()
         state.history.append(row)
-        improved, new_lr, _ = end_of_epoch(state, score, cfg.lr_patience, cfg.lr_factor,
-                                           cfg.early_stop_patience)
+        improved, new_lr = end_of_epoch(state, score, cfg.lr_patience, cfg.lr_factor)
         log(f"epoch {state.epoch} done: train loss {row['train_loss']:.4f}, valid SI-SNRi "
             f"{score:.3f} dB (best {state.best_score:.3f} at epoch {state.best_epoch}), "
             f"{row['steps']} steps, {row['skipped']} skipped, {row['seconds']:.1f} s")

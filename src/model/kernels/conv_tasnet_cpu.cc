@@ -10,8 +10,8 @@
 //
 // taps [P, H] (tap p reads frame k + p * dilation - pad_before; zeros outside 0..K-1);
 // meta float32 [2] = (dilation, pad_before); a [1]; gamma, beta, bias [H]. Single-threaded:
-// inside MindSpore's CPU runtime a second thread of ours competes with its own (about 3x slower
-// on 2 cores).
+// inside MindSpore's CPU runtime a second thread of ours competes with its own, and the kernels
+// get slower (benchmarks/README.md).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
