@@ -1,6 +1,13 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules; their helpers are in tests/helpers.py."""
+import os
+import sys
+
 import pytest
 import mindspore as ms
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from helpers import make_model  # noqa: E402
 
 
 @pytest.fixture
@@ -11,3 +18,13 @@ def graph_mode():
     ms.set_context(mode=ms.GRAPH_MODE)
     yield
     ms.set_context(mode=previous)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two random tiny networks saved with their recipes (gLN and BN): (folder, {name: net})."""
+    directory = str(tmp_path_factory.mktemp("models"))
+    return directory, {"gln": make_model(directory, "gln"),
+                       "bn": make_model(directory, "bn", norm_type="BN")}
+
+

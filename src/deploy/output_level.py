@@ -18,7 +18,7 @@ mixture gives silent outputs.
 
 Separation scores are not changed by this: SI-SNR is invariant to any gain, and BSS Eval v3's
 SDR, SIR and SAR (whose 512-tap distortion filter absorbs any per-source gain) too, as are STOI
-and ESTOI (tested in tests/test_output_level.py).
+and ESTOI (tested in tests/deploy/test_output_level.py).
 
 The statistics are sums over samples, so `LevelMatcher` accumulates them block by block for
 signals streamed from a file, and `match_mixture_level` is the one-shot form for arrays in memory.

@@ -13,7 +13,7 @@ checkpoint loads into either) whose `construct` computes the same function anoth
 On CPU MindSpore's depthwise-conv, GroupNorm and PReLU kernels (forward and backward) cost more
 than the matrix products of the whole network; the measurements are in benchmarks/README.md.
 Outputs and gradients equal the plain network's up to float rounding
-(tests/test_fast_formulation.py).
+(tests/model/test_cpu_engine.py).
 An exported graph holds MindSpore's operators only (src/deploy/export.py switches the kernels off).
 """
 from mindspore import nn, ops
