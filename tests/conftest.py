@@ -28,3 +28,14 @@ def models(tmp_path_factory):
                        "bn": make_model(directory, "bn", norm_type="BN")}
 
 
+
+
+@pytest.fixture
+def pynative_mode():
+    """PYNATIVE mode for one test, whatever an earlier test left: a graph compiled by
+    value_and_grad keeps the parameter values it was compiled with when they are replaced by
+    set_data (MindSpore 2.7), which tests that load weights between calls must avoid."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=previous)

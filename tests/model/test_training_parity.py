@@ -78,7 +78,7 @@ CASES = [pytest.param(variant, engine, marks=() if (variant, engine) in FAST els
 
 
 @pytest.mark.parametrize("variant,engine", CASES)
-def test_loss_and_gradients_match_asteroid(fixture, variant, engine):
+def test_loss_and_gradients_match_asteroid(fixture, variant, engine, pynative_mode):
     settings = json.loads(str(fixture[f"{variant}/config"]))
     net = build_engine(settings, engine)
     net_with_loss = NetWithLoss(net, settings["C"])
@@ -119,7 +119,7 @@ class LinearLoss(nn.Cell):
         return total
 
 
-def test_clipped_adam_matches_torch_on_recorded_gradients(fixture):
+def test_clipped_adam_matches_torch_on_recorded_gradients(fixture, pynative_mode):
     """The project's TrainStep (global-norm clipping, nn.Adam) against torch's clip_grad_norm_
     and torch.optim.Adam on the reference's gradient sequence.
 
