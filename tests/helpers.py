@@ -66,6 +66,26 @@ def run_python(script, **env):
     return result
 
 
+def run_script(monkeypatch, name, *argv):
+    """The main of script `name` (train, eval, export, ...) through run_main in this process;
+    returns its exit status.
+
+    MindSpore's device is set once per process (already, for the tests), so init_device is skipped.
+    """
+    import importlib
+    from src.model_utils.errors import run_main
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+    monkeypatch.setattr("src.model_utils.device.init_device", lambda cfg: None)
+    module = importlib.import_module(name)
+    if hasattr(module, "init_device"):
+        monkeypatch.setattr(module, "init_device", lambda cfg: None)
+    try:
+        run_main(module.main)
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
 # ---------------------------------------------------------------- training
 
 # 8 training mixtures of 0.5-0.9 s cut into 0.5 s crops: 4 batches of 2 per epoch on one device.

@@ -1,7 +1,5 @@
 """Checkpoints of another model configuration are refused by every loader, in both directions."""
-import importlib
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -13,11 +11,11 @@ from src.model.checkpoint import load_weights, save_checkpoint
 from src.model.build import build_network, model_kwargs
 from src.model.conv_tasnet import ConvTasNet
 from src.model_utils.config import load_config
-from src.model_utils.errors import UserError, run_main
+from src.model_utils.errors import UserError
 from src.training.train_state import TrainState, save_train_checkpoint
 from src.training.train_step import make_train_step
 from src.training.trainer import fit
-from helpers import TINY_MODEL, flags
+from helpers import run_script, TINY_MODEL, flags
 
 # (what the checkpoint was trained with, what the configuration says, what the message names)
 MISMATCHES = {
@@ -53,23 +51,6 @@ def runs(tmp_path_factory):
     return {case: make_run(tmp_path_factory.mktemp(case.replace(" ", "_")), **trained)
             for case, (trained, _, _) in MISMATCHES.items()}
 
-
-def run_script(monkeypatch, name, *argv):
-    """The main of script `name` in this process through run_main; returns its exit status.
-
-    The device of this test process is set already (MindSpore allows it once per process), so the
-    scripts' device set-up is skipped.
-    """
-    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
-    monkeypatch.setattr("src.model_utils.device.init_device", lambda cfg: None)
-    module = importlib.import_module(name)
-    if hasattr(module, "init_device"):
-        monkeypatch.setattr(module, "init_device", lambda cfg: None)
-    try:
-        run_main(module.main)
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
 
 
 def assert_one_line_naming(err, expected):

@@ -6,7 +6,6 @@ they need root and a kernel that lets this process mount.
 """
 import errno
 import glob
-import importlib
 import json
 import os
 import shutil
@@ -21,8 +20,8 @@ import mindspore as ms
 
 from src.model.conv_tasnet import ConvTasNet
 from src.model_utils.atomic import atomic_output
-from src.model_utils.errors import os_error_line, run_main
-from helpers import ROOT, TINY_MODEL, flags, make_data_dir
+from src.model_utils.errors import os_error_line
+from helpers import run_script, ROOT, TINY_MODEL, flags, make_data_dir
 
 PTH = os.path.join(ROOT, "tests", "fixtures", "pytorch", "asteroid_serialized.pth")
 KINDS = ["a file", "read-only", "under /proc", "full"]
@@ -67,22 +66,6 @@ def bad_location(request, tmp_path):
         # lazily: a file a failed writer left open must not keep the mount busy
         subprocess.run(["umount", "-l", str(mounted)], check=True)
 
-
-def run_script(monkeypatch, name, *argv):
-    """The main of script `name` through run_main in this process; returns its exit status.
-
-    MindSpore's device is set once per process (already, for the tests), so init_device is skipped.
-    """
-    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
-    monkeypatch.setattr("src.model_utils.device.init_device", lambda cfg: None)
-    module = importlib.import_module(name)
-    if hasattr(module, "init_device"):
-        monkeypatch.setattr(module, "init_device", lambda cfg: None)
-    try:
-        run_main(module.main)
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
 
 
 def error_line(capsys):
