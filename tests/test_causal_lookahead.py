@@ -97,3 +97,14 @@ def test_lookahead_settings_refused():
         ConvTasNet(**TINY, norm_type="cLN", causal=True, causal_lookahead=2)
     with pytest.raises(UserError, match="causal_lookahead"):
         load_config(["--causal_lookahead=2"])
+
+
+def test_stream_cli_summary_states_the_lookahead_latency():
+    from src.deploy.stream_runner import summary
+    flags = [f"--{k}={v}" for k, v in TINY.items() if k != "C"] + ["--norm_type=cLN",
+                                                                   "--causal=true"]
+    plain = summary(load_config(flags), 128, 1.0, [])
+    ahead = summary(load_config(flags + ["--causal_lookahead=1"]), 128, 1.0, [])
+    assert plain[0].startswith("algorithmic latency 16 ms (one hop of 128 samples;")
+    assert ahead[0].startswith("algorithmic latency 17 ms (one hop of 128 samples and the "
+                               "look-ahead of one stride;")
