@@ -2,7 +2,10 @@
 the MINDIR, written where the Ascend 310 app writes its results.
 
     python infer_cpu.py --config_path=<config.yaml> --mindir_path=conv_tasnet.mindir \
-        [--infer_dir=./infer_310]
+        [--infer_dir=./infer_310] [--stream=true]
+
+--stream=true: the MINDIR is a streaming step (export.py --stream=true, its .json sidecar beside
+it); each input is streamed through it hop by hop from a zero state, the state fed back.
 """
 import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.config import load_config

@@ -4,7 +4,8 @@
         --data_dir=./data [--test_name=test] [--infer_dir=./infer_310] [--chunk_seconds=0]
 
 The MINDIR's input shape decides the layout: whole utterances for a dynamic time axis, chunks
-zero-padded to its length for a fixed one. Output: <infer_dir>/preprocess_Result/.
+zero-padded to its length for a fixed one; with --stream=true (a streaming step MINDIR) whole
+utterances. Output: <infer_dir>/preprocess_Result/.
 With --check_inputs_only=true it writes nothing and checks the sizes of the files written before.
 """
 import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)

@@ -13,6 +13,9 @@
 #   DEVICE_TARGET    Ascend (default) or CPU
 #   CONFIG_PATH      the configuration the model was trained with (default: default_config.yaml)
 #   INFER_DIR        working folder for inputs, results and logs (default: ./infer_310)
+#   STREAM           1: MINDIR_PATH is a streaming step (export.py --stream=true, its .json
+#                    sidecar beside it); every test utterance is streamed through it hop by hop,
+#                    the state fed back (default 0: an offline model)
 #   SAVE_WAV         postprocess also writes the separated sources of this many utterances to
 #                    INFER_DIR/wav (default: none)
 #   PYTHON           the Python with MindSpore (default: that of the environment the script is
@@ -60,6 +63,12 @@ if [ "$DEVICE_TARGET" != "Ascend" ] && [ "$DEVICE_TARGET" != "CPU" ]; then
 fi
 mkdir -p "$INFER_DIR" || exit 1
 COMMON=(--config_path="$CONFIG_PATH" --mindir_path="$MINDIR_PATH" --infer_dir="$INFER_DIR")
+STREAM=${STREAM:-0}
+case "$STREAM" in
+    0) ;;
+    1) COMMON+=(--stream=true) ;;
+    *) echo "error: STREAM: expected 0 or 1, got '$STREAM'" >&2; exit 1 ;;
+esac
 RESULT_PATH="$INFER_DIR/result_Files"
 # The results of an earlier run go first: a run that fails must not leave a score that looks current.
 rm -rf "$RESULT_PATH" "$INFER_DIR/acc.log" "$INFER_DIR/eval_results.csv" \
@@ -118,9 +127,18 @@ if [ "$DEVICE_TARGET" == "Ascend" ]; then
     MINDSPORE_PATH=$("$PYTHON" -c "import os, mindspore; print(os.path.dirname(mindspore.__file__))") \
         || exit 1
     run_step "build" "$INFER_DIR/build.log" bash "$ROOT/ascend310_infer/build.sh" "$MINDSPORE_PATH"
+    STREAM_FLAGS=()
+    if [ "$STREAM" == "1" ]; then
+        # The app takes the look-ahead delay from the sidecar as a flag (it parses no JSON).
+        DELAY=$("$PYTHON" -c 'import sys
+from src.deploy.stream_export import read_sidecar
+from src.model_utils.errors import run_main
+print(run_main(lambda: read_sidecar(sys.argv[1])["delay_samples"]))' "$MINDIR_PATH") || exit 1
+        STREAM_FLAGS=(--stream=true --stream_delay="$DELAY")
+    fi
     run_step "infer" "$INFER_DIR/infer.log" "$ROOT/ascend310_infer/out/main" \
         --mindir_path="$MINDIR_PATH" --input_path="$INFER_DIR/preprocess_Result/00_data" \
-        --output_path="$RESULT_PATH" --device_id="$DEVICE_ID"
+        --output_path="$RESULT_PATH" --device_id="$DEVICE_ID" ${STREAM_FLAGS[@]+"${STREAM_FLAGS[@]}"}
 else
     run_step "infer (MindSpore on CPU)" "$INFER_DIR/infer.log" \
         "$PYTHON" "$ROOT/infer_cpu.py" "${COMMON[@]}"

@@ -16,6 +16,8 @@ struct Options {
   std::string input_path;   // --input_path: folder of input .bin files
   std::string output_path;  // --output_path: folder for <name>_<output index>.bin results
   int device_id = 0;        // --device_id: Ascend device index
+  bool stream = false;      // --stream=true: the model is a streaming step (inc/stream.h)
+  int stream_delay = 0;     // --stream_delay: the sidecar's delay_samples (stream mode)
 };
 
 // Parses --key=value arguments into options; returns false with a message in *error.

@@ -2,13 +2,19 @@
  * Conv-TasNet inference on Ascend 310 with MindSpore's C++ API.
  *
  *   main --mindir_path=conv_tasnet.mindir --input_path=<folder of .bin> --output_path=<folder>
- *        [--device_id=0]
+ *        [--device_id=0] [--stream=true --stream_delay=<samples>]
  *
  * Every input file is one mixture [1, T] of float32 (T from the file size). A MINDIR exported
  * with a dynamic time axis is resized to each T; one exported with a fixed length takes only
  * inputs of that length (preprocess_310.py cuts and pads them so). For input <name>.bin the app
  * writes <name>_<k>.bin for each model output k ([1, C, T] float32) and one line
  * "<name>,<milliseconds>" to time_per_input.csv in the output folder.
+ *
+ * --stream=true: the model is a streaming step (export.py --stream=true): input 0 takes one hop
+ * [1, hop], the others the state; output 0 gives the hop's estimates [1, C, hop], the others the
+ * new state. Each input file is streamed through it hop by hop from a zero state, the state
+ * outputs fed back as inputs (inc/stream.h), and <name>_0.bin gets the estimates [1, C, T], the
+ * first --stream_delay samples (the sidecar's delay_samples) cut.
  */
 #include <chrono>
 #include <cstdio>
@@ -22,6 +28,7 @@
 #include "include/api/model.h"
 #include "include/api/serialization.h"
 #include "include/api/types.h"
+#include "inc/stream.h"
 #include "inc/utils.h"
 
 using mindspore::AscendDeviceInfo;
@@ -50,6 +57,95 @@ std::string ShapeText(const std::vector<int64_t> &shape) {
   return text.str();
 }
 
+// Streams every file through the streaming step `model` (the file comment): results as the
+// offline mode writes them. Returns the exit status.
+int StreamFiles(Model *model, const Options &options, const std::vector<std::string> &files) {
+  std::string error;
+  const std::vector<MSTensor> inputs = model->GetInputs();
+  const std::vector<MSTensor> model_outputs = model->GetOutputs();
+  if (inputs.size() < 2 || model_outputs.size() != inputs.size()) {
+    return Fail(options.mindir_path + ": not a streaming step (expected the samples and the " +
+                "state as inputs, the estimates and the new state as outputs)");
+  }
+  const std::vector<int64_t> hop_shape = inputs[0].Shape();
+  const std::vector<int64_t> out_shape = model_outputs[0].Shape();
+  if (hop_shape.size() != 2 || hop_shape[1] < 1 || out_shape.size() != 3 ||
+      out_shape[2] != hop_shape[1]) {
+    return Fail(options.mindir_path + ": expected a hop input [1, hop] and estimates " +
+                "[1, C, hop], found " + ShapeText(hop_shape) + " and " + ShapeText(out_shape));
+  }
+  const size_t hop = static_cast<size_t>(hop_shape[1]);
+  const size_t n_src = static_cast<size_t>(out_shape[1]);
+  std::vector<std::vector<uint8_t>> zeros;
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    zeros.emplace_back(inputs[i].DataSize(), 0);
+  }
+  auto step = [&](const std::vector<float> &chunk, std::vector<std::vector<uint8_t>> *state,
+                  std::vector<float> *estimates, std::string *message) {
+    std::vector<MSTensor> feed;
+    feed.emplace_back(inputs[0].Name(), inputs[0].DataType(), hop_shape, chunk.data(),
+                      chunk.size() * sizeof(float));
+    for (size_t i = 1; i < inputs.size(); ++i) {
+      feed.emplace_back(inputs[i].Name(), inputs[i].DataType(), inputs[i].Shape(),
+                        (*state)[i - 1].data(), (*state)[i - 1].size());
+    }
+    std::vector<MSTensor> outputs;
+    Status status = model->Predict(feed, &outputs);
+    if (status != kSuccess) {
+      *message = "inference failed: " + status.ToString();
+      return false;
+    }
+    if (outputs.size() != inputs.size()) {
+      *message = "the step gave " + std::to_string(outputs.size()) + " outputs, expected " +
+                 std::to_string(inputs.size());
+      return false;
+    }
+    for (size_t i = 1; i < outputs.size(); ++i) {
+      if (outputs[i].DataSize() != (*state)[i - 1].size()) {
+        *message = "state output " + std::to_string(i) + " has " +
+                   std::to_string(outputs[i].DataSize()) + " bytes, its input " +
+                   std::to_string((*state)[i - 1].size());
+        return false;
+      }
+      std::shared_ptr<const void> data = outputs[i].Data();
+      const uint8_t *bytes = static_cast<const uint8_t *>(data.get());
+      (*state)[i - 1].assign(bytes, bytes + outputs[i].DataSize());
+    }
+    std::shared_ptr<const void> data = outputs[0].Data();
+    const float *values = static_cast<const float *>(data.get());
+    estimates->assign(values, values + outputs[0].DataSize() / sizeof(float));
+    return true;
+  };
+
+  std::ostringstream timing;
+  double total_ms = 0.0;
+  for (const std::string &file : files) {
+    std::vector<float> samples, estimates;
+    if (!ReadFloatFile(file, &samples, &error)) return Fail(error);
+    auto start = std::chrono::steady_clock::now();
+    if (!StreamSignal(samples, hop, static_cast<size_t>(options.stream_delay), n_src, zeros,
+                      step, &estimates, &error)) {
+      return Fail(file + ": " + error);
+    }
+    auto end = std::chrono::steady_clock::now();
+    const double ms = std::chrono::duration<double, std::milli>(end - start).count();
+    total_ms += ms;
+    const std::string out = JoinPath(options.output_path, Stem(file) + "_0.bin");
+    if (!WriteFileAtomic(out, estimates.data(), estimates.size() * sizeof(float), &error)) {
+      return Fail(error);
+    }
+    timing << Stem(file) << "," << ms << "\n";
+  }
+  const std::string text = timing.str();
+  if (!WriteFileAtomic(JoinPath(options.output_path, "time_per_input.csv"), text.data(),
+                       text.size(), &error)) {
+    return Fail(error);
+  }
+  std::printf("streamed %zu inputs in hops of %zu samples, average %.3f ms per input\n",
+              files.size(), hop, total_ms / static_cast<double>(files.size()));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -72,6 +168,7 @@ int main(int argc, char **argv) {
   Model model;
   status = model.Build(GraphCell(graph), context);
   if (status != kSuccess) return Fail(options.mindir_path + ": build failed: " + status.ToString());
+  if (options.stream) return StreamFiles(&model, options, files);
 
   std::vector<MSTensor> model_inputs = model.GetInputs();
   if (model_inputs.size() != 1) {

@@ -44,6 +44,20 @@ bool ParseOptions(int argc, char **argv, Options *options, std::string *error) {
         return false;
       }
       options->device_id = static_cast<int>(id);
+    } else if (key == "stream") {
+      if (value != "true" && value != "false") {
+        *error = "--stream: expected true or false, got '" + value + "'";
+        return false;
+      }
+      options->stream = value == "true";
+    } else if (key == "stream_delay") {
+      char *end = nullptr;
+      long delay = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || delay < 0) {
+        *error = "--stream_delay: expected a number of samples >= 0, got '" + value + "'";
+        return false;
+      }
+      options->stream_delay = static_cast<int>(delay);
     } else {
       *error = "unknown option --" + key;
       return false;
@@ -52,7 +66,7 @@ bool ParseOptions(int argc, char **argv, Options *options, std::string *error) {
   if (options->mindir_path.empty() || options->input_path.empty() ||
       options->output_path.empty()) {
     *error = "usage: main --mindir_path=<model.mindir> --input_path=<folder of .bin> "
-             "--output_path=<result folder> [--device_id=0]";
+             "--output_path=<result folder> [--device_id=0] [--stream=true --stream_delay=<samples>]";
     return false;
   }
   return true;

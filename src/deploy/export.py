@@ -135,6 +135,23 @@ def check_mindir(net, path, lengths, seed=0):
     return worst
 
 
+def run_stream_export(cfg, log=print):
+    """export.py --stream=true: the streaming step of the causal model cfg.ckpt_file as
+    <file_name>_stream.mindir and <file_name>_stream.json (src/deploy/stream_export.py). Returns
+    the MINDIR's path."""
+    from src.model.checkpoint import load_network
+    from src.deploy.stream_export import export_stream
+    from src.deploy.streaming import check_causal
+
+    if cfg.file_format != "MINDIR":
+        raise UserError(f"file_format: the streaming step is exported as MINDIR only, got "
+                        f"{cfg.file_format}")
+    check_causal(cfg, cfg.ckpt_file or "export.py --stream=true")
+    net = load_network(cfg, cfg.ckpt_file, engine="plain")
+    params = {name: param.asnumpy() for name, param in net.parameters_and_names()}
+    return export_stream(cfg, params, cfg.file_name, log)[0]
+
+
 def run_export(cfg, log=print):
     """export.py: export cfg.ckpt_file as cfg.file_format to cfg.file_name. A MINDIR is loaded
     back and checked against the network before it is renamed into place (a file that fails its
@@ -145,6 +162,8 @@ def run_export(cfg, log=print):
     if 0 < cfg.input_length < cfg.L:
         raise UserError(f"input_length: {cfg.input_length} samples is shorter than the encoder "
                         f"kernel L={cfg.L}; expected 0 (any length) or at least {cfg.L}")
+    if cfg.stream:
+        return run_stream_export(cfg, log)
     net = load_network(cfg)
     if cfg.file_format == "ONNX":
         from src.deploy.onnx_export import run_onnx_export

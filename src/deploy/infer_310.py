@@ -7,7 +7,9 @@ Layout under `infer_dir`:
     preprocess_Result/mixtures/       mixtures float32 [T] per utterance (the SI-SNRi baseline)
     result_Files/                     <input name>_0.bin: model output float32 [1, C, t]
 
-A MINDIR with a dynamic time axis gets whole utterances (or, with chunk_seconds > 0, the chunks
+A streaming step MINDIR (export.py --stream=true, with stream true here) gets whole utterances,
+each streamed through it hop by hop from a zero state. A MINDIR with a dynamic time axis gets
+whole utterances (or, with chunk_seconds > 0, the chunks
 that eval.py uses); one with a fixed length L_in gets chunks of at most L_in samples, zero-padded
 to L_in. The chunks are the ones `src/deploy/inference.py` makes: preprocessing runs its chunking with a
 model_fn that records each chunk, postprocessing runs the same chunking again with a model_fn that
@@ -68,7 +70,12 @@ def write_310_inputs(cfg, mindir_path, prep_dir, log=print):
     from src.evaluation.evaluate import iterate_utterances
     from src.deploy.export import mindir_input_shape
 
-    fixed = max(mindir_input_shape(mindir_path)[1], 0)
+    if cfg.stream:      # a streaming step streams whole utterances (or eval.py's chunks)
+        from src.deploy.stream_export import read_sidecar
+        read_sidecar(mindir_path)
+        fixed = 0
+    else:
+        fixed = max(mindir_input_shape(mindir_path)[1], 0)
     settings = _chunk_settings(cfg, fixed)
     dataset, ids = create_eval_dataset(cfg, cfg.test_name)
     prep_dir = os.path.abspath(prep_dir)
@@ -174,14 +181,21 @@ def _check_size(path, values):
                         f"truncated or changed after preprocessing: {AGAIN}")
 
 
-def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print):
+def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print, stream=False):
     """The CPU counterpart of ascend310_infer/out/main: every <name>.bin of input_dir through the
-    MINDIR, outputs to <name>_<k>.bin and the time per input to time_per_input.csv."""
+    MINDIR, outputs to <name>_<k>.bin and the time per input to time_per_input.csv.
+
+    stream: the MINDIR is a streaming step (export.py --stream=true, its sidecar beside it): each
+    input is streamed through it hop by hop, the state fed back, into <name>_0.bin [1, C, T]."""
     import mindspore as ms
     from src.deploy.export import load_mindir, mindir_input_shape
     from src.model_utils.atomic import atomic_output, write_text
 
     declared = mindir_input_shape(mindir_path)
+    if stream:
+        from src.deploy.stream_export import read_sidecar, stream_graph
+        info = read_sidecar(mindir_path)
+        declared = [1, 0]
     graph = load_mindir(mindir_path)
     if not os.path.isdir(input_dir):
         raise UserError(f"{input_dir}: input folder not found; run the preprocess step")
@@ -196,9 +210,12 @@ def run_bins_on_cpu(mindir_path, input_dir, output_dir, log=print):
             raise UserError(f"{os.path.join(input_dir, name)}: {len(samples)} samples, but the "
                             f"model takes {declared} (run the preprocess step for this model)")
         start = time.perf_counter()
-        outputs = graph(ms.Tensor(samples[None]))
-        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        arrays = [o.asnumpy() for o in outputs]
+        if stream:
+            arrays = [stream_graph(graph, info, samples)[None]]
+        else:
+            outputs = graph(ms.Tensor(samples[None]))
+            outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+            arrays = [o.asnumpy() for o in outputs]
         elapsed_ms = (time.perf_counter() - start) * 1000
         stem = os.path.splitext(name)[0]
         for k, array in enumerate(arrays):
@@ -277,9 +294,10 @@ def run_310_preprocess(cfg, log=print):
 
 def run_cpu_inference(cfg, log=print):
     """infer_cpu.py: every preprocessed input through the MINDIR cfg.mindir_path, on this
-    process's device, into <infer_dir>/result_Files."""
+    process's device, into <infer_dir>/result_Files; with cfg.stream, the streaming step MINDIR
+    hop by hop."""
     run_bins_on_cpu(_mindir_path(cfg), os.path.join(cfg.infer_dir, PREPROCESS_DIR, INPUT_DIR),
-                    os.path.join(cfg.infer_dir, RESULT_DIR), log)
+                    os.path.join(cfg.infer_dir, RESULT_DIR), log, stream=cfg.stream)
 
 
 def run_postprocess(cfg, log=print):

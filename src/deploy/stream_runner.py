@@ -102,8 +102,15 @@ def summary(cfg, hop, seconds, hop_times):
     """The latency / compute summary lines."""
     hop_ms = 1000 * hop / cfg.sample_rate
     times = np.asarray(hop_times) * 1000
-    lines = [f"algorithmic latency {hop_ms:g} ms (one hop of {hop} samples; each output sample "
-             f"uses input up to the last whole stride of {cfg.L // 2} samples before it)"]
+    if cfg.causal_lookahead:
+        stride_ms = 1000 * (cfg.L // 2) / cfg.sample_rate
+        lines = [f"algorithmic latency {hop_ms + stride_ms:g} ms (one hop of {hop} samples and "
+                 f"the look-ahead of one stride; each output sample uses input up to the next "
+                 f"stride boundary after it, at most {cfg.L // 2} samples later)"]
+    else:
+        lines = [f"algorithmic latency {hop_ms:g} ms (one hop of {hop} samples; each output "
+                 f"sample uses input up to the last whole stride of {cfg.L // 2} samples before "
+                 f"it)"]
     if len(times):
         lines.append(f"compute per hop: mean {times.mean():.3f} ms, p99 "
                      f"{np.percentile(times, 99):.3f} ms over {len(times)} hops; real-time "

@@ -15,7 +15,9 @@ Alignment (the model's causal padding of L-1 zeros in front): the frame that end
 m*L/2 is computed as soon as that sample arrives, and with it every output sample before
 (m+1)*L/2 is final. A hop of whole strides therefore returns exactly as many samples as it
 brought: the algorithmic latency is the hop itself (each output sample depends only on inputs up
-to the last full stride before it).
+to the last full stride before it). With causal_lookahead 1 (L/2-1 zeros in front) every frame
+ends one stride later: the outputs lag the inputs by L/2 samples, the first hop returns L/2
+samples fewer than it brought and finish() returns them.
 
 The engine is numpy float32 over the checkpoint's weights, frames last ([frames, channels]), one
 matrix product per 1x1 convolution for all frames of the hop: a MindSpore call per layer or per
@@ -23,6 +25,7 @@ hop costs more than the arithmetic of a small hop (benchmarks/README.md).
 """
 import numpy as np
 
+from src.model.conv_tasnet import causal_front_pad
 from src.model_utils.errors import UserError
 
 EPS = 1e-8
@@ -128,14 +131,15 @@ class StreamingSeparator:
 
     Args:
         params: {parameter name: array or Tensor} of a causal cLN ConvTasNet.
-        L, X, R, C, mask_nonlinear, encoder_activation, edge_pad: the model's settings.
+        L, X, R, C, mask_nonlinear, encoder_activation, edge_pad, causal_lookahead: the model's
+            settings.
 
     push(samples [n] float) -> estimates [C, m] float32 that became final (m = n for hops of whole
     strides); finish() -> the last estimates, so that all outputs together are [C, T].
     """
 
     def __init__(self, params, L, X, R, C, mask_nonlinear="relu", encoder_activation="linear",
-                 edge_pad=0):
+                 edge_pad=0, causal_lookahead=0):
         self.L, self.S, self.C = L, L // 2, C
         self.mask_nonlinear, self.encoder_relu = mask_nonlinear, encoder_activation == "relu"
         self.edge_pad = edge_pad
@@ -153,8 +157,9 @@ class StreamingSeparator:
         self.mask_slope = _array(params, p + "mask_prelu.w")
         self.w_mask, self.b_mask = _matrix(params, p + "mask_conv.weight"), \
             _array(params, p + "mask_conv.bias")
-        # The padded input from the next frame's start: L-1 causal zeros (+ edge_pad) in front.
-        self.pending = np.zeros(L - 1 + edge_pad, np.float32)
+        # The padded input from the next frame's start: the causal zeros (+ edge_pad) in front.
+        self.front_pad = causal_front_pad(L, True, causal_lookahead) + edge_pad
+        self.pending = np.zeros(self.front_pad, np.float32)
         self.frames = 0                                   # frames computed so far
         self.tail = np.zeros((C, self.S), np.float32)     # overlap-add carry
         self.to_skip = edge_pad                           # leading outputs the model cuts
@@ -169,7 +174,7 @@ class StreamingSeparator:
         non-causal configuration is refused (UserError naming `source`)."""
         check_causal(cfg, source)
         return cls(params, cfg.L, cfg.X, cfg.R, cfg.n_src, cfg.mask_nonlinear,
-                   cfg.encoder_activation, cfg.edge_pad)
+                   cfg.encoder_activation, cfg.edge_pad, cfg.causal_lookahead)
 
     def push(self, samples):
         """The next mixture samples [n] -> estimates [C, m] that became final."""
@@ -185,12 +190,16 @@ class StreamingSeparator:
         if self.finished:
             return np.zeros((self.C, 0), np.float32)
         self.finished = True
-        front = self.L - 1 + self.edge_pad
+        front = self.front_pad
         total_frames = max(1, (self.received + front + self.edge_pad - 1) // self.S)
         needed = (total_frames - self.frames - 1) * self.S + self.L - len(self.pending)
         if needed > 0:
             self.pending = np.concatenate([self.pending, np.zeros(needed, np.float32)])
-        return self._run(limit=total_frames - self.frames)
+        out = self._run(limit=total_frames - self.frames)
+        # With look-ahead the last frame's second half can hold the last samples.
+        self._append(self.tail)
+        self.tail = np.zeros_like(self.tail)
+        return np.concatenate([out, self._run(limit=0)], axis=1)
 
     def _run(self, limit=None):
         """Separate every frame the pending input completes (at most `limit`) -> the estimates
@@ -204,16 +213,20 @@ class StreamingSeparator:
             self.pending = self.pending[M * S:]
             out = self._separate(np.ascontiguousarray(frames[:M * S:S]))      # [C, M*S]
             self.frames += M
-            if self.to_skip:
-                cut = min(self.to_skip, out.shape[1])
-                out, self.to_skip = out[:, cut:], self.to_skip - cut
-            self.ready = np.concatenate([self.ready, out], axis=1)
+            self._append(out)
         # The frame that ends at the last sample received also completes up to L/2-1 outputs
         # after it: they are kept until that input arrives (or the stream ends there).
         count = min(self.ready.shape[1], self.received - self.emitted)
         out, self.ready = self.ready[:, :count], self.ready[:, count:]
         self.emitted += count
         return out
+
+    def _append(self, out):
+        """Queue decoder output [C, m] as ready, less the leading samples the model cuts."""
+        if self.to_skip:
+            cut = min(self.to_skip, out.shape[1])
+            out, self.to_skip = out[:, cut:], self.to_skip - cut
+        self.ready = np.concatenate([self.ready, out], axis=1)
 
     def _separate(self, frames):
         """frames [M, L] -> the M output strides they complete [C, M*L/2]."""

@@ -21,7 +21,7 @@ def model_kwargs(cfg):
     return dict(N=cfg.N, L=cfg.L, B=cfg.B, H=cfg.H, Sc=cfg.Sc, P=cfg.P, X=cfg.X, R=cfg.R,
                 C=cfg.n_src, norm_type=cfg.norm_type, causal=cfg.causal,
                 mask_nonlinear=cfg.mask_nonlinear, encoder_activation=cfg.encoder_activation,
-                edge_pad=cfg.edge_pad)
+                edge_pad=cfg.edge_pad, causal_lookahead=cfg.causal_lookahead)
 
 
 def default_engine(device_target, use_kernels=True):

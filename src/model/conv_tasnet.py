@@ -179,7 +179,13 @@ class ConvTasNet(nn.Cell):
         N, L, B, H, Sc, P, X, R, C: sizes named as in the paper (see the module docstring).
         norm_type: 'gLN', 'cLN' or 'BN'.
         causal: causal depthwise convolutions, and a causal encoder alignment, so that no
-            output sample depends on a later input sample. Needs norm_type 'cLN'.
+            output sample depends on a later input sample (see causal_lookahead). Needs
+            norm_type 'cLN'.
+        causal_lookahead: causal models only: encoder strides of look-ahead, 0 or 1. 0: L-1
+            zeros in front, output sample t depends on inputs up to S*floor(t/S) (S = L/2),
+            the last stride boundary at or before t. 1: L/2-1 zeros in front, output sample t
+            depends on inputs up to S*floor(t/S) + S, at most t + L/2 (and exactly that for t
+            on a stride boundary): the frame that starts writing t ends S samples later.
         mask_nonlinear: 'relu', 'sigmoid' or 'softmax' (over the C speakers).
         encoder_activation: 'linear' or 'relu' after the encoder.
         edge_pad: zeros added before the first and after the last sample before encoding, so
@@ -189,12 +195,13 @@ class ConvTasNet(nn.Cell):
     construct(mixture): mixture float32 [batch, T] with T >= L -> estimates [batch, C, T].
 
     The input is zero-padded at the end so that the frames cover every sample. When causal, it is
-    also padded with L-1 zeros in front, so the window of the frame that starts writing output
-    sample t ends at input sample t.
+    also padded with L-1 zeros in front (L/2-1 with causal_lookahead 1), so the window of the
+    frame that starts writing output sample t ends at input sample t (t + L/2).
     """
 
     def __init__(self, N=512, L=16, B=128, H=512, Sc=128, P=3, X=8, R=3, C=2, norm_type="gLN",
-                 causal=False, mask_nonlinear="relu", encoder_activation="linear", edge_pad=0):
+                 causal=False, mask_nonlinear="relu", encoder_activation="linear", edge_pad=0,
+                 causal_lookahead=0):
         super().__init__()
         if L < 2 or L % 2:
             raise UserError(f"L: expected an even filter length >= 2, got {L}")
@@ -211,7 +218,11 @@ class ConvTasNet(nn.Cell):
         if edge_pad < 0:
             raise UserError(f"edge_pad: expected a number of samples >= 0, got {edge_pad}")
         self.edge_pad = edge_pad
-        self.front_pad = (L - 1 if causal else 0) + edge_pad
+        if causal_lookahead not in (0, 1):
+            raise UserError(f"causal_lookahead: expected 0 or 1 encoder strides, "
+                            f"got {causal_lookahead}")
+        self.causal_lookahead = causal_lookahead if causal else 0
+        self.front_pad = causal_front_pad(L, causal, causal_lookahead) + edge_pad
         # Filterbanks initialised as Asteroid's (xavier normal, std sqrt(2 / (L (N + 1)))): with
         # MindSpore's default (normal, std 0.1) they start several times larger and Adam's
         # steps, about lr whatever the scale, move them relatively that much more slowly.
@@ -256,6 +267,14 @@ class ConvTasNet(nn.Cell):
         s = self.decoder(masked)                               # [batch*C, 1, (K-1)*L/2+L]
         s = s[:, 0, self.edge_pad:self.edge_pad + length]
         return s.reshape(batch, self.C, -1)
+
+
+def causal_front_pad(L, causal, causal_lookahead=0):
+    """Zeros in front of the input (before edge_pad): L-1 for a causal model without look-ahead,
+    L/2-1 with one stride of it, 0 for a non-causal model."""
+    if not causal:
+        return 0
+    return L - 1 - causal_lookahead * (L // 2)
 
 
 def count_parameters(net):

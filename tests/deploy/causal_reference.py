@@ -34,17 +34,19 @@ def _cumulative_norm(x, gamma, beta, eps=1e-8):
 
 
 def causal_reference(params, mixture, L, X, R, C, mask_nonlinear="relu",
-                     encoder_activation="linear"):
+                     encoder_activation="linear", lookahead=0):
     """Separate mixture [T] with a causal cLN Conv-TasNet in float64 -> estimates [C, T].
 
     `params` maps the model's parameter names to arrays or Tensors. The mixture is padded with
     L-1 zeros in front, so that the last frame writing output sample t ends at input sample
-    floor(t / (L/2)) * L/2, and with zeros at the end so that frames cover every sample.
+    floor(t / (L/2)) * L/2, and with zeros at the end so that frames cover every sample. With
+    `lookahead` 1 (strides) the frames end L/2 samples later: L/2-1 zeros in front.
     """
     S, T = L // 2, len(mixture)
-    K = max(1, (T + L - 2) // S)
+    front = L - 1 - lookahead * S
+    K = max(1, (T + front - 1) // S)
     padded = np.zeros((K + 1) * S)
-    padded[L - 1:L - 1 + T] = mixture
+    padded[front:front + T] = mixture
     frames = np.lib.stride_tricks.sliding_window_view(padded, L)[::S][:K]      # [K, L]
     w = frames @ _weight(params, "encoder.weight").T                              # [K, N]
     if encoder_activation == "relu":
