@@ -5,7 +5,7 @@ not mix with another's, and after its graph compilation and warm-up steps.
 
     python benchmarks/bench_model.py [--config_path CFG] [--<config key>=<value> ...]
         [--batch 1] [--seconds 2.0] [--repeats 5] [--warmup 1] [--infer_seconds 10.0]
-        [--measure framework,train,infer,infer_dynamic,mindir,mindir_static]
+        [--measure framework,train,infer,infer_dynamic,mindir,mindir_static,onnx,onnx_int8]
         [--engine auto] [--threads 0] [--profile]
 
 Measurements (--measure):
@@ -18,6 +18,9 @@ Measurements (--measure):
     mindir         exported with a dynamic time axis (by another process), loaded through
                    nn.GraphCell by a process that builds no cell, as a deployment runs it
     mindir_static  the same, exported for exactly --infer_seconds
+    onnx           exported as ONNX with a dynamic time axis (export.py's graph and check, by
+                   another process), run by onnxruntime in a process that imports no MindSpore
+    onnx_int8      the same model quantized dynamically to int8 (export.py --quantize=dynamic)
 --profile adds, per measurement, the operators that took the most time per call (MindSpore's
 profiler over --repeats further calls; CPU operator times, fused kernels named GraphKernel_*; the
 peak RSS then includes the profiler's).
@@ -46,7 +49,8 @@ sys.path.insert(0, ROOT)
 
 from src.model_utils.errors import UserError, run_main  # noqa: E402
 
-MEASUREMENTS = ("framework", "train", "infer", "infer_dynamic", "mindir", "mindir_static")
+MEASUREMENTS = ("framework", "train", "infer", "infer_dynamic", "mindir", "mindir_static", "onnx",
+                "onnx_int8")
 
 
 def bench_arguments(parser):
@@ -150,8 +154,42 @@ def measured_inference(model_fn, samples, spec, **extra):
     return result
 
 
+def measure_onnx(kind, spec):
+    """onnx / onnx_int8: export (in another process), then onnxruntime alone in this one."""
+    from src.deploy.onnx_runtime import load_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = run_child(sys.executable, os.path.abspath(__file__), "_measure_export_onnx",
+                             {**spec, "export_path": os.path.join(tmp, "model.onnx"),
+                              "int8": kind == "onnx_int8"})
+        if "error" in exported:
+            return exported
+        import onnxruntime
+        model_fn = load_onnx(exported.pop("path"), spec["threads"])
+        rate = model_fn.settings["sample_rate"]
+        return measured_inference(model_fn, int(round(spec["infer_seconds"] * rate)),
+                                  {**spec, "profile": False}, onnxruntime=onnxruntime.__version__,
+                                  **exported)
+
+
+def export_onnx_model(net, cfg, spec):
+    """The float ONNX model of `net` at spec["export_path"] (checked as export.py checks it), and
+    with spec["int8"] its dynamic int8 model: {path to measure, its size in MB}."""
+    from src.deploy.onnx_export import export_onnx
+    from src.deploy.onnx_quantize import quantize_onnx
+    from src.deploy.onnx_runtime import SETTINGS
+
+    path, _, _ = export_onnx(net, spec["export_path"], {k: getattr(cfg, k) for k in SETTINGS},
+                             lengths=(cfg.sample_rate, cfg.sample_rate * 3 // 2 + 3))
+    if spec["int8"]:
+        path = quantize_onnx(path, path[:-5] + "_int8.onnx", "dynamic")
+    return dict(path=path, file_mb=round(os.path.getsize(path) / 1e6, 2))
+
+
 def measure_mindspore(kind, spec):
     """One measurement in this process (a child of `main`); returns its result dict."""
+    if kind in ("onnx", "onnx_int8"):
+        return measure_onnx(kind, spec)
     import mindspore as ms
     from src.model.build import build_network
     from src.deploy.export import export_network, load_mindir
@@ -192,6 +230,8 @@ def measure_mindspore(kind, spec):
         result["samples_per_s"] = batch / result["median_s"]
         return result
     net.set_train(False)
+    if kind == "export_onnx":
+        return export_onnx_model(net, cfg, spec)
     if kind == "export":
         # export_network writes MindSpore's operators for the "kernels" engine
         info["engine_exported"] = info.pop("engine").replace("kernels", "matmul")

@@ -14,7 +14,9 @@ cLN) and random weights (the compute does not depend on their values):
                one graph for a fixed length) over its receptive field plus one hop, for each hop;
                and the same MindSpore graph on one hop's samples alone, the least a MindSpore call
                per hop costs.
-    memory     peak RSS of fresh processes streaming 10 s and 600 s (16-ms hops).
+    memory     peak RSS of fresh processes streaming 10 s and 600 s (16-ms hops), the weights
+               loaded from a file, without MindSpore.
+--kernels false streams with numpy alone (the separator's path without a C++ compiler).
 Prints one JSON object (also written to --out).
 """
 import argparse
@@ -24,6 +26,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 # One thread everywhere, set before numpy and MindSpore start their pools.
@@ -56,16 +59,17 @@ def build(sizes, seed=0):
     return net, {name: p.asnumpy() for name, p in net.parameters_and_names()}
 
 
-def separator(sizes, params):
+def separator(sizes, params, kernels=True):
     from src.deploy.streaming import StreamingSeparator
-    return StreamingSeparator(params, sizes["L"], sizes["X"], sizes["R"], sizes["C"])
+    return StreamingSeparator(params, sizes["L"], sizes["X"], sizes["R"], sizes["C"],
+                              kernels=kernels)
 
 
-def stream(sizes, params, seconds, hop):
+def stream(sizes, params, seconds, hop, kernels=True):
     """Per-hop (wall, cpu) seconds of a stream of `seconds` of noise in hops of `hop` samples."""
     mixture = (np.random.default_rng(0).standard_normal(int(seconds * RATE)) * 0.1) \
         .astype(np.float32)
-    sep = separator(sizes, params)
+    sep = separator(sizes, params, kernels)
     wall, cpu = [], []
     for start in range(0, len(mixture) - hop + 1, hop):
         block = mixture[start:start + hop]
@@ -114,12 +118,15 @@ def recompute(net, sizes, hop, repeats):
     return out
 
 
-def peak_rss_mb(seconds, hop_ms, sizes):
-    """Peak RSS of a fresh process that streams `seconds` in hops of `hop_ms`."""
-    code = ("import sys, resource; sys.path.insert(0, %r); import benchmarks.bench_streaming as b; "
-            "net, p = b.build(%r); b.stream(%r, p, %r, %d); "
+def peak_rss_mb(seconds, hop_ms, sizes, params_file, kernels):
+    """Peak RSS of a fresh process that loads the parameters from `params_file` (.npz; no
+    MindSpore in that process, as a deployment streams) and streams `seconds` in hops of
+    `hop_ms`."""
+    code = ("import sys, resource; sys.path.insert(0, %r); import numpy as np; "
+            "import benchmarks.bench_streaming as b; p = dict(np.load(%r)); "
+            "b.stream(%r, p, %r, %d, %r); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-            % (ROOT, sizes, sizes, seconds, int(hop_ms * RATE / 1000)))
+            % (ROOT, params_file, sizes, seconds, int(hop_ms * RATE / 1000), kernels))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, env={**os.environ, "GLOG_v": "3"}, check=True)
     return float(result.stdout.strip().splitlines()[-1])
@@ -133,20 +140,23 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--memory", default="true")
     parser.add_argument("--memory_seconds", default="10,600")
+    parser.add_argument("--kernels", default="true",
+                        help="false: the separator's numpy path alone, without stream_block.cc")
     parser.add_argument("--out", default="")
     for key, value in PAPER_CAUSAL.items():
         parser.add_argument(f"--{key}", type=int, default=value)
     args = parser.parse_args()
     sizes = {key: getattr(args, key) for key in PAPER_CAUSAL}
+    kernels = args.kernels == "true"
     net, params = build(sizes)
     with open("/proc/loadavg", encoding="ascii") as f:
         load_before = f.read().split()[:3]
-    result = {"sizes": sizes, "seconds": args.seconds, "machine": {
+    result = {"sizes": sizes, "seconds": args.seconds, "kernels": kernels, "machine": {
         "cpu": platform.processor() or platform.machine(), "cores_used": 1,
         "load_average_before": load_before}, "stream": {}, "recompute": {}}
     for hop_ms in [float(h) for h in args.hops_ms.split(",")]:
         hop = int(round(hop_ms * RATE / 1000))
-        wall, cpu = stream(sizes, params, args.seconds, hop)
+        wall, cpu = stream(sizes, params, args.seconds, hop, kernels)
         result["stream"][f"{hop_ms:g}ms"] = {"hop_samples": hop,
                                              "wall": hop_summary(wall, hop / RATE),
                                              "cpu": hop_summary(cpu, hop / RATE)}
@@ -159,8 +169,12 @@ def main():
                           "recompute": result["recompute"].get(f"{hop_ms:g}ms")}),
               file=sys.stderr, flush=True)
     if args.memory == "true":
-        result["peak_rss_mb"] = {f"{s}s": peak_rss_mb(float(s), 16, sizes)
-                                 for s in args.memory_seconds.split(",")}
+        with tempfile.TemporaryDirectory() as tmp:
+            params_file = os.path.join(tmp, "params.npz")
+            np.savez(params_file, **params)
+            result["peak_rss_mb"] = {f"{s}s": peak_rss_mb(float(s), 16, sizes, params_file,
+                                                          kernels)
+                                     for s in args.memory_seconds.split(",")}
     with open("/proc/loadavg", encoding="ascii") as f:
         result["machine"]["load_average_after"] = f.read().split()[:3]
     result["rss_this_process_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -9,6 +9,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from helpers import make_model  # noqa: E402
 
+# The longest modules first, so that the two test processes of run_tests.sh finish together
+# (pytest-xdist's loadscope hands modules out in collection order).
+LONGEST_FIRST = ["tests/scripts/test_demo.py", "tests/training/test_trainer.py",
+                 "tests/training/test_distributed.py", "tests/deploy/test_stream_export.py",
+                 "tests/scripts/test_benchmarks.py", "tests/deploy/test_infer_310.py"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)          # stable: the rest keep their order
+
 
 @pytest.fixture
 def graph_mode():
@@ -26,9 +39,6 @@ def models(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("models"))
     return directory, {"gln": make_model(directory, "gln"),
                        "bn": make_model(directory, "bn", norm_type="BN")}
-
-
-
 
 @pytest.fixture
 def pynative_mode():

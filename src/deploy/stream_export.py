@@ -283,12 +283,14 @@ def stream_graph(step, info, mixture):
     return np.concatenate(outputs, axis=1)[:, delay:delay + T]
 
 
-def check_stream_mindir(path, info, params, cfg, seconds=CHECK_SECONDS, seed=0):
-    """The largest difference of the reloaded MINDIR at `path`, streamed over `seconds` of a
-    random signal, against the numpy StreamingSeparator, relative to the largest output."""
+def check_stream_mindir(path, info, params, cfg, seconds=None, seed=0):
+    """The largest difference of the reloaded MINDIR at `path`, streamed over `seconds` (default
+    CHECK_SECONDS) of a random signal, against the numpy StreamingSeparator, relative to the
+    largest output."""
     from src.deploy.export import load_mindir
     from src.deploy.streaming import StreamingSeparator
     graph = load_mindir(path)
+    seconds = CHECK_SECONDS if seconds is None else seconds
     length = int(seconds * cfg.sample_rate) + 3      # not a whole number of hops
     rng = np.random.default_rng(seed)
     envelope = 0.05 + np.abs(np.sin(np.arange(length) * (2 * np.pi * 3 / cfg.sample_rate)))

@@ -21,14 +21,51 @@ samples fewer than it brought and finish() returns them.
 
 The engine is numpy float32 over the checkpoint's weights, frames last ([frames, channels]), one
 matrix product per 1x1 convolution for all frames of the hop: a MindSpore call per layer or per
-hop costs more than the arithmetic of a small hop (benchmarks/README.md).
+hop costs more than the arithmetic of a small hop (benchmarks/README.md). Each block's
+elementwise work (PReLU, cLN, depthwise convolution) runs in a small C++ library
+(src/deploy/kernels/stream_block.cc, compiled on first use as the CPU engine's kernels are), in
+two passes instead of numpy's two dozen; without a compiler the same in numpy.
 """
+import ctypes
+import functools
+import logging
+import os
+import subprocess
+
 import numpy as np
 
 from src.model.conv_tasnet import causal_front_pad
 from src.model_utils.errors import UserError
 
 EPS = 1e-8
+STREAM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels",
+                             "stream_block.cc")
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def block_kernels():
+    """The compiled stream_block.cc (ctypes), or None, said once, when it cannot be built."""
+    from src.model import cpu_kernels
+    try:
+        lib = ctypes.CDLL(cpu_kernels.build(source_path=STREAM_SOURCE))
+    except subprocess.CalledProcessError as err:
+        why = ((err.stderr or "").strip().splitlines() or [f"exit status {err.returncode}"])[0]
+    except OSError as err:
+        why = str(err)
+    else:
+        p, i = ctypes.c_void_p, ctypes.c_int64
+        lib.stream_prelu_norm.argtypes = [p, i, i, p, p, i, p, p, p, i]
+        lib.stream_depthwise_prelu_norm.argtypes = [p, p, i, i, i, i, p, p, p, p, p, i, p, p, p,
+                                                    i]
+        lib.stream_prelu_norm.restype = lib.stream_depthwise_prelu_norm.restype = None
+        return lib
+    logger.warning("streaming kernels not built (%s); streaming with numpy alone, slower", why)
+    return None
+
+
+def _pointer(array):
+    return array.ctypes.data
 
 
 def _array(params, name, dtype=np.float32):
@@ -54,15 +91,15 @@ class _CumulativeNorm:
         self.gamma = _array(params, prefix + "gamma").reshape(-1)
         self.beta = _array(params, prefix + "beta").reshape(-1)
         self.channels = len(self.gamma)
-        self.total = 0.0          # running sum of all values so far (float64)
-        self.total_pow = 0.0      # running sum of their squares
+        # running sum of all values so far and of their squares (float64)
+        self.sums = np.zeros(2, np.float64)
 
     def __call__(self, x, frames_before):
         frame_sum = x.sum(axis=1, dtype=np.float32).astype(np.float64)
         frame_pow = np.einsum("mc,mc->m", x, x).astype(np.float64)
-        cum_sum = np.cumsum(frame_sum) + self.total
-        cum_pow = np.cumsum(frame_pow) + self.total_pow
-        self.total, self.total_pow = cum_sum[-1], cum_pow[-1]
+        cum_sum = np.cumsum(frame_sum) + self.sums[0]
+        cum_pow = np.cumsum(frame_pow) + self.sums[1]
+        self.sums[:] = cum_sum[-1], cum_pow[-1]
         count = (np.arange(frames_before + 1, frames_before + len(x) + 1, dtype=np.float64)
                  * self.channels)
         mean = cum_sum / count
@@ -74,7 +111,8 @@ class _CumulativeNorm:
 class _Block:
     """One convolutional block, its depthwise history carried: [M, B] -> ([M, B], [M, Sc])."""
 
-    def __init__(self, params, prefix, dilation, use_skip):
+    def __init__(self, params, prefix, dilation, use_skip, kernels=None):
+        self.kernels = kernels
         self.w1, self.b1 = _matrix(params, prefix + "conv1x1.weight"), \
             _array(params, prefix + "conv1x1.bias")
         self.slope1 = _array(params, prefix + "prelu1.w")
@@ -98,6 +136,7 @@ class _Block:
         # a hop reads and writes only its own rows, not the whole history.
         self.history = np.zeros(((P - 1) * dilation, H), np.float32)
         self.start = 0
+        self.ring_start = np.zeros(1, np.int64)       # the kernels' `start`
 
     def depthwise(self, u):
         """The causal dilated depthwise convolution of the hop's frames u [M, H] -> [M, H]."""
@@ -119,10 +158,30 @@ class _Block:
         return v
 
     def __call__(self, x, frames_before):
+        if self.kernels is not None:
+            return self.with_kernels(x, frames_before)
         u = self.norm1(_prelu(x @ self.w1 + self.b1, self.slope1), frames_before)
         v = self.depthwise(u)
         v = self.norm2(_prelu(v, self.slope2), frames_before)
         out = v @ self.w_out + self.b_out
+        return out[:, :self.B], out[:, self.B:]
+
+    def with_kernels(self, x, frames_before):
+        """__call__ with the elementwise work in stream_block.cc (same results, float32 apart)."""
+        lib, n1, n2 = self.kernels, self.norm1, self.norm2
+        u = x @ self.w1                                                   # [M, H], contiguous
+        M, H = u.shape
+        lib.stream_prelu_norm(_pointer(u), M, H, _pointer(self.b1), _pointer(self.slope1),
+                              self.slope1.size, _pointer(n1.gamma), _pointer(n1.beta),
+                              _pointer(n1.sums), frames_before)
+        v = np.empty_like(u)
+        lib.stream_depthwise_prelu_norm(
+            _pointer(u), _pointer(v), M, H, len(self.taps), self.dilation, _pointer(self.taps),
+            _pointer(self.dbias), _pointer(self.history), _pointer(self.ring_start),
+            _pointer(self.slope2), self.slope2.size, _pointer(n2.gamma), _pointer(n2.beta),
+            _pointer(n2.sums), frames_before)
+        out = v @ self.w_out
+        out += self.b_out
         return out[:, :self.B], out[:, self.B:]
 
 
@@ -133,13 +192,15 @@ class StreamingSeparator:
         params: {parameter name: array or Tensor} of a causal cLN ConvTasNet.
         L, X, R, C, mask_nonlinear, encoder_activation, edge_pad, causal_lookahead: the model's
             settings.
+        kernels: run the blocks' elementwise work in stream_block.cc when it builds (False:
+            numpy alone).
 
     push(samples [n] float) -> estimates [C, m] float32 that became final (m = n for hops of whole
     strides); finish() -> the last estimates, so that all outputs together are [C, T].
     """
 
     def __init__(self, params, L, X, R, C, mask_nonlinear="relu", encoder_activation="linear",
-                 edge_pad=0, causal_lookahead=0):
+                 edge_pad=0, causal_lookahead=0, kernels=True):
         self.L, self.S, self.C = L, L // 2, C
         self.mask_nonlinear, self.encoder_relu = mask_nonlinear, encoder_activation == "relu"
         self.edge_pad = edge_pad
@@ -152,8 +213,9 @@ class StreamingSeparator:
         self.w_bottleneck = _matrix(params, p + "bottleneck.weight")
         self.b_bottleneck = _array(params, p + "bottleneck.bias")
         self.use_skip = p + "blocks.0.skip_conv.weight" in params
-        self.blocks = [_Block(params, f"{p}blocks.{i}.", 2 ** (i % X), self.use_skip)
-                       for i in range(R * X)]
+        self.kernels = block_kernels() if kernels else None
+        self.blocks = [_Block(params, f"{p}blocks.{i}.", 2 ** (i % X), self.use_skip,
+                              self.kernels) for i in range(R * X)]
         self.mask_slope = _array(params, p + "mask_prelu.w")
         self.w_mask, self.b_mask = _matrix(params, p + "mask_conv.weight"), \
             _array(params, p + "mask_conv.bias")
@@ -169,12 +231,12 @@ class StreamingSeparator:
         self.finished = False
 
     @classmethod
-    def from_config(cls, cfg, params, source="the model"):
+    def from_config(cls, cfg, params, source="the model", kernels=True):
         """A separator for a model of configuration `cfg` with the parameters `params`; a
         non-causal configuration is refused (UserError naming `source`)."""
         check_causal(cfg, source)
         return cls(params, cfg.L, cfg.X, cfg.R, cfg.n_src, cfg.mask_nonlinear,
-                   cfg.encoder_activation, cfg.edge_pad, cfg.causal_lookahead)
+                   cfg.encoder_activation, cfg.edge_pad, cfg.causal_lookahead, kernels)
 
     def push(self, samples):
         """The next mixture samples [n] -> estimates [C, m] that became final."""

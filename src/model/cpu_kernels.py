@@ -48,8 +48,9 @@ def _cpu_flags():
     return platform.processor() or platform.machine()
 
 
-def build(directory=None, compiler=None):
-    """Compile the kernels unless a build for this source, compiler and CPU exists; its path.
+def build(directory=None, compiler=None, source_path=SOURCE):
+    """Compile the kernels (or another source of the project, `source_path`) unless a build for
+    this source, compiler and CPU exists; its path.
 
     The library is written under a temporary name and renamed, so that concurrent processes (a
     distributed launch) and killed builds never leave a partial file. Raises OSError or
@@ -61,20 +62,21 @@ def build(directory=None, compiler=None):
         raise OSError(f"no C++ compiler {compiler!r} on PATH")
     version = subprocess.run([executable, "--version"], capture_output=True, text=True,
                              check=True).stdout
-    with open(SOURCE, "rb") as f:
+    with open(source_path, "rb") as f:
         source = f.read()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
                                      _cpu_flags().encode()])).hexdigest()[:16]
     directory = directory or cache_dir()
-    path = os.path.join(directory, f"conv_tasnet_cpu_{key}.so")
+    stem = os.path.splitext(os.path.basename(source_path))[0]
+    path = os.path.join(directory, f"{stem}_{key}.so")
     if os.path.exists(path):
         return path
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=directory)
     os.close(fd)
     try:
-        subprocess.run([executable, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True,
-                       check=True)
+        subprocess.run([executable, *FLAGS, "-o", tmp, source_path], capture_output=True,
+                       text=True, check=True)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -47,6 +47,13 @@ def relative_error(estimate, reference):
     return np.abs(estimate - reference).max() / np.abs(reference).max()
 
 
+@pytest.fixture
+def short_check(monkeypatch):
+    """The export's check over 1 s of signal instead of CHECK_SECONDS, for the tests that export
+    a step to test something else than the check's length (the CLI export keeps the default)."""
+    monkeypatch.setattr(stream_export, "CHECK_SECONDS", 1.0)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny causal checkpoint, its config, and export.py --stream=true run on them as a user
@@ -115,7 +122,8 @@ def test_reloaded_step_streams_the_offline_model_and_the_separator(exported):
 @pytest.mark.parametrize("lookahead,mask", [
     (1, "relu"), pytest.param(0, "softmax", marks=pytest.mark.slow),
     pytest.param(1, "sigmoid", marks=pytest.mark.slow)])
-def test_step_with_lookahead_and_other_masks_equals_offline(tmp_path, lookahead, mask):
+def test_step_with_lookahead_and_other_masks_equals_offline(tmp_path, lookahead, mask,
+                                                            short_check):
     cfg = load_config(causal_flags(causal_lookahead=lookahead, mask_nonlinear=mask,
                                    stream_hop_ms=8))
     net, params = random_params(3, causal_lookahead=lookahead, mask_nonlinear=mask)
@@ -138,7 +146,7 @@ def test_nothing_is_published_when_the_check_fails(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_the_check_tells_another_alignment(tmp_path, monkeypatch):
+def test_the_check_tells_another_alignment(tmp_path, monkeypatch, short_check):
     # A step of the other look-ahead than the separator it is checked against fails the check.
     cfg = load_config(causal_flags(causal_lookahead=1))
     _, params = random_params(2)

@@ -9,6 +9,7 @@ from src.model.conv_tasnet import ConvTasNet, CumulativeLayerNorm
 from src.model.cpu_engine import CpuConvTasNet, norm_frames_last
 from src.model_utils.config import load_config
 from src.model_utils.errors import UserError
+from src.deploy import streaming
 from src.deploy.streaming import StreamingSeparator, load_streaming_separator
 
 RATE = 8000
@@ -87,9 +88,10 @@ def test_stream_equals_offline_in_small_hops(minute, strides):
     check_stream_equals_offline(minute, strides, seconds=8)
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "numpy"])
 @pytest.mark.parametrize("hops", [[1], [8], [5, 13, 3], [200]])
 @pytest.mark.parametrize("edge_pad", [0, 3])
-def test_stream_of_any_block_sizes_equals_offline(hops, edge_pad):
+def test_stream_of_any_block_sizes_equals_offline(hops, edge_pad, kernels):
     # Blocks that are not whole strides, a stream shorter than a frame's look-back, edge padding.
     cfg = tiny_config(2, 4, edge_pad=edge_pad)
     ms.set_seed(7)
@@ -98,7 +100,8 @@ def test_stream_of_any_block_sizes_equals_offline(hops, edge_pad):
     params = {name: p.asnumpy() for name, p in net.parameters_and_names()}
     mixture = speech_like(0.3, seed=1)[:2001]
     offline = net(ms.Tensor(mixture[None])).asnumpy()[0]
-    separator = StreamingSeparator.from_config(cfg, params)
+    separator = StreamingSeparator.from_config(cfg, params, kernels=kernels)
+    assert (separator.kernels is not None) == kernels      # this machine has a C++ compiler
     outputs, start, i = [], 0, 0
     while start < len(mixture):
         outputs.append(separator.push(mixture[start:start + hops[i % len(hops)]]))
@@ -106,6 +109,19 @@ def test_stream_of_any_block_sizes_equals_offline(hops, edge_pad):
     streamed = np.concatenate(outputs + [separator.finish()], axis=1)
     assert streamed.shape == offline.shape
     assert relative_error(streamed, offline) < 1e-5
+
+
+def test_without_a_compiler_numpy_alone_streams(monkeypatch, caplog):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setattr(streaming, "block_kernels", streaming.block_kernels.__wrapped__)
+    cfg = tiny_config(2, 4)
+    params = {name: p.asnumpy() for name, p in
+              ConvTasNet(**TINY, Sc=4, C=2, norm_type="cLN", causal=True).parameters_and_names()}
+    with caplog.at_level("WARNING"):
+        separator = StreamingSeparator.from_config(cfg, params)
+    assert separator.kernels is None
+    assert "streaming kernels not built (no C++ compiler 'no-such-compiler' on PATH)" in caplog.text
+    assert separator.push(speech_like(0.1)).shape == (2, 800)
 
 
 def test_state_does_not_grow_with_the_stream(minute):

@@ -68,7 +68,7 @@ def test_updates_right_with_graph_kernel_fusion():
     # in train.py. A fused kernel once left the encoder's gradient unwritten (garbage) there.
     # The NaN batch is still skipped, but the loss it reports need not be NaN: MindSpore's fused
     # kernels may drop a NaN in the loss's reductions (the gradient norm still catches it).
-    script = ("import sys; sys.path[:0] = ['tests', '.']\n"
+    script = ("import sys; sys.path[:0] = ['tests/training', 'tests', '.']\n"
               "import mindspore as ms\n"
               "from src.model_utils.device import init_device\n"
               "from test_train_step import check_sgd_updates, tiny_config\n"
