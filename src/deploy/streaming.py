@@ -54,18 +54,45 @@ def block_kernels():
     except OSError as err:
         why = str(err)
     else:
-        p, i = ctypes.c_void_p, ctypes.c_int64
-        lib.stream_prelu_norm.argtypes = [p, i, i, p, p, i, p, p, p, i]
-        lib.stream_depthwise_prelu_norm.argtypes = [p, p, i, i, i, i, p, p, p, p, p, i, p, p, p,
-                                                    i]
-        lib.stream_prelu_norm.restype = lib.stream_depthwise_prelu_norm.restype = None
+        lib.stream_block.argtypes = [ctypes.POINTER(_StreamBlock)] + [ctypes.c_void_p] * 4 + [
+            ctypes.c_int64, ctypes.c_int64]
+        lib.stream_block.restype = None
         return lib
     logger.warning("streaming kernels not built (%s); streaming with numpy alone, slower", why)
     return None
 
 
-def _pointer(array):
-    return array.ctypes.data
+class _StreamBlock(ctypes.Structure):
+    """stream_block.cc's StreamBlock: a block's weights and carried state, as pointers."""
+    _fields_ = [(name, ctypes.c_int64 if kind == "i" else ctypes.c_void_p) for name, kind in (
+        ("B", "i"), ("H", "i"), ("Sc", "i"), ("P", "i"), ("dilation", "i"), ("w1", "p"),
+        ("bias1", "p"), ("slope1", "p"), ("slopes1", "i"), ("gamma1", "p"), ("beta1", "p"),
+        ("sums1", "p"), ("taps", "p"), ("dbias", "p"), ("history", "p"), ("start", "i"),
+        ("slope2", "p"), ("slopes2", "i"), ("gamma2", "p"), ("beta2", "p"), ("sums2", "p"),
+        ("w_out", "p"), ("b_out", "p"))]
+
+
+PANEL = 16      # stream_block.cc's kPanel
+
+
+def _packed(matrix):
+    """A right factor [K, N] as stream_block.cc reads it: panels of PANEL columns,
+    [ceil(N / PANEL), K, PANEL], zero past the last column."""
+    K, N = matrix.shape
+    panels = -(-N // PANEL)
+    padded = np.zeros((K, panels * PANEL), np.float32)
+    padded[:, :N] = matrix
+    return _aligned(padded.reshape(K, panels, PANEL).transpose(1, 0, 2))
+
+
+def _aligned(array, alignment=64):
+    """A C-contiguous float32 copy of `array` whose data starts at a multiple of `alignment`
+    bytes (a cache line: vector loads then never straddle two lines)."""
+    buffer = np.empty(array.size + alignment // 4, np.float32)
+    offset = (-buffer.ctypes.data % alignment) // 4
+    out = buffer[offset:offset + array.size].reshape(array.shape)
+    out[...] = array
+    return out
 
 
 def _array(params, name, dtype=np.float32):
@@ -136,7 +163,18 @@ class _Block:
         # a hop reads and writes only its own rows, not the whole history.
         self.history = np.zeros(((P - 1) * dilation, H), np.float32)
         self.start = 0
-        self.ring_start = np.zeros(1, np.int64)       # the kernels' `start`
+        if kernels is not None:
+            # pointers to this block's arrays, which live as long as the block; `start` of the
+            # ring is kept in the structure
+            self.packed = _packed(self.w1), _packed(self.w_out)
+            self.state = _StreamBlock(
+                self.B, H, self.w_out.shape[1] - self.B, P, dilation, self.packed[0].ctypes.data,
+                self.b1.ctypes.data, self.slope1.ctypes.data, self.slope1.size,
+                self.norm1.gamma.ctypes.data, self.norm1.beta.ctypes.data,
+                self.norm1.sums.ctypes.data, self.taps.ctypes.data, self.dbias.ctypes.data,
+                self.history.ctypes.data, 0, self.slope2.ctypes.data, self.slope2.size,
+                self.norm2.gamma.ctypes.data, self.norm2.beta.ctypes.data,
+                self.norm2.sums.ctypes.data, self.packed[1].ctypes.data, self.b_out.ctypes.data)
 
     def depthwise(self, u):
         """The causal dilated depthwise convolution of the hop's frames u [M, H] -> [M, H]."""
@@ -158,31 +196,18 @@ class _Block:
         return v
 
     def __call__(self, x, frames_before):
-        if self.kernels is not None:
-            return self.with_kernels(x, frames_before)
         u = self.norm1(_prelu(x @ self.w1 + self.b1, self.slope1), frames_before)
         v = self.depthwise(u)
         v = self.norm2(_prelu(v, self.slope2), frames_before)
         out = v @ self.w_out + self.b_out
         return out[:, :self.B], out[:, self.B:]
 
-    def with_kernels(self, x, frames_before):
-        """__call__ with the elementwise work in stream_block.cc (same results, float32 apart)."""
-        lib, n1, n2 = self.kernels, self.norm1, self.norm2
-        u = x @ self.w1                                                   # [M, H], contiguous
-        M, H = u.shape
-        lib.stream_prelu_norm(_pointer(u), M, H, _pointer(self.b1), _pointer(self.slope1),
-                              self.slope1.size, _pointer(n1.gamma), _pointer(n1.beta),
-                              _pointer(n1.sums), frames_before)
-        v = np.empty_like(u)
-        lib.stream_depthwise_prelu_norm(
-            _pointer(u), _pointer(v), M, H, len(self.taps), self.dilation, _pointer(self.taps),
-            _pointer(self.dbias), _pointer(self.history), _pointer(self.ring_start),
-            _pointer(self.slope2), self.slope2.size, _pointer(n2.gamma), _pointer(n2.beta),
-            _pointer(n2.sums), frames_before)
-        out = v @ self.w_out
-        out += self.b_out
-        return out[:, :self.B], out[:, self.B:]
+    def run_kernel(self, x, skip, scratch, frames_before):
+        """The block in stream_block.cc: x [M, B] += residual, skip [M, Sc] += skip, in place
+        (both C-contiguous float32); scratch: two [M, H] arrays."""
+        self.kernels.stream_block(self.state, x.ctypes.data, skip.ctypes.data,
+                                  scratch[0].ctypes.data, scratch[1].ctypes.data, len(x),
+                                  frames_before)
 
 
 class StreamingSeparator:
@@ -297,12 +322,21 @@ class StreamingSeparator:
         if self.encoder_relu:
             w = np.maximum(w, 0)
         x = self.norm(w, k0) @ self.w_bottleneck + self.b_bottleneck           # [M, B]
-        skip_sum = 0
-        for block in self.blocks:
-            residual, skip = block(x, k0)
-            x = x + residual
-            if self.use_skip:
-                skip_sum = skip_sum + skip
+        if self.kernels is not None:
+            x = _aligned(x)
+            blocks = self.blocks
+            skip_sum = _aligned(np.zeros((len(x), blocks[0].w_out.shape[1] - blocks[0].B),
+                                         np.float32))
+            scratch = _aligned(np.empty((2, len(x), blocks[0].w1.shape[1]), np.float32))
+            for block in blocks:
+                block.run_kernel(x, skip_sum, scratch, k0)
+        else:
+            skip_sum = 0
+            for block in self.blocks:
+                residual, skip = block(x, k0)
+                x = x + residual
+                if self.use_skip:
+                    skip_sum = skip_sum + skip
         features = _prelu(skip_sum if self.use_skip else x, self.mask_slope)
         scores = (features @ self.w_mask + self.b_mask).reshape(len(w), self.C, self.N)
         if self.mask_nonlinear == "relu":
