@@ -15,7 +15,7 @@ cLN) and random weights (the compute does not depend on their values):
                and the same MindSpore graph on one hop's samples alone, the least a MindSpore call
                per hop costs.
     memory     peak RSS of fresh processes streaming 10 s and 600 s (16-ms hops), the weights
-               loaded from a file, without MindSpore.
+               loaded from a file (no MindSpore model built), peak from VmHWM.
 --kernels false streams with numpy alone (the separator's path without a C++ compiler).
 Prints one JSON object (also written to --out).
 """
@@ -66,13 +66,13 @@ def separator(sizes, params, kernels=True):
 
 
 def stream(sizes, params, seconds, hop, kernels=True):
-    """Per-hop (wall, cpu) seconds of a stream of `seconds` of noise in hops of `hop` samples."""
-    mixture = (np.random.default_rng(0).standard_normal(int(seconds * RATE)) * 0.1) \
-        .astype(np.float32)
+    """Per-hop (wall, cpu) seconds of a stream of `seconds` of noise in hops of `hop` samples
+    (each hop drawn as it comes: the stream is never held whole, as from a microphone)."""
+    rng = np.random.default_rng(0)
     sep = separator(sizes, params, kernels)
     wall, cpu = [], []
-    for start in range(0, len(mixture) - hop + 1, hop):
-        block = mixture[start:start + hop]
+    for _ in range(int(seconds * RATE) // hop):
+        block = (rng.standard_normal(hop) * 0.1).astype(np.float32)
         w0, c0 = time.perf_counter(), time.process_time()
         sep.push(block)
         wall.append(time.perf_counter() - w0)
@@ -118,14 +118,20 @@ def recompute(net, sizes, hop, repeats):
     return out
 
 
+def own_peak_rss_mb():
+    """This process's peak RSS since it started (VmHWM; ru_maxrss would also count the parent's
+    pages at the fork that started it)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
 def peak_rss_mb(seconds, hop_ms, sizes, params_file, kernels):
     """Peak RSS of a fresh process that loads the parameters from `params_file` (.npz; no
-    MindSpore in that process, as a deployment streams) and streams `seconds` in hops of
+    MindSpore model built in that process) and streams `seconds` in hops of
     `hop_ms`."""
-    code = ("import sys, resource; sys.path.insert(0, %r); import numpy as np; "
+    code = ("import sys; sys.path.insert(0, %r); import numpy as np; "
             "import benchmarks.bench_streaming as b; p = dict(np.load(%r)); "
-            "b.stream(%r, p, %r, %d, %r); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+            "b.stream(%r, p, %r, %d, %r); print(b.own_peak_rss_mb())"
             % (ROOT, params_file, sizes, seconds, int(hop_ms * RATE / 1000), kernels))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, env={**os.environ, "GLOG_v": "3"}, check=True)
@@ -154,7 +160,7 @@ def main():
     result = {"sizes": sizes, "seconds": args.seconds, "kernels": kernels, "machine": {
         "cpu": platform.processor() or platform.machine(), "cores_used": 1,
         "load_average_before": load_before}, "stream": {}, "recompute": {}}
-    for hop_ms in [float(h) for h in args.hops_ms.split(",")]:
+    for hop_ms in [float(h) for h in args.hops_ms.split(",") if h]:
         hop = int(round(hop_ms * RATE / 1000))
         wall, cpu = stream(sizes, params, args.seconds, hop, kernels)
         result["stream"][f"{hop_ms:g}ms"] = {"hop_samples": hop,
