@@ -48,9 +48,9 @@ def _cpu_flags():
     return platform.processor() or platform.machine()
 
 
-def build(directory=None, compiler=None, source_path=SOURCE):
-    """Compile the kernels (or another source of the project, `source_path`) unless a build for
-    this source, compiler and CPU exists; its path.
+def build(directory=None, compiler=None, source_path=None):
+    """Compile the kernels (or another source of the project, `source_path`; default SOURCE)
+    unless a build for this source, compiler and CPU exists; its path.
 
     The library is written under a temporary name and renamed, so that concurrent processes (a
     distributed launch) and killed builds never leave a partial file. Raises OSError or
@@ -62,6 +62,7 @@ def build(directory=None, compiler=None, source_path=SOURCE):
         raise OSError(f"no C++ compiler {compiler!r} on PATH")
     version = subprocess.run([executable, "--version"], capture_output=True, text=True,
                              check=True).stdout
+    source_path = source_path or SOURCE
     with open(source_path, "rb") as f:
         source = f.read()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),

@@ -49,6 +49,7 @@ def same(a, b):
     return np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, workers", [("mindrecord", 1), ("json", 2)])
 def test_mixture_is_exactly_the_sum_of_the_returned_sources(data_dir, fmt, workers):
     cfg = dm_cfg(data_dir, data_format=fmt, dataset_workers=workers,

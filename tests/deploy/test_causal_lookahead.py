@@ -30,6 +30,7 @@ def net_for(engine, lookahead, seed=3):
     return net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["plain", "matmul", "kernels"])
 @pytest.mark.parametrize("lookahead", [0, 1])
 def test_outputs_depend_on_inputs_exactly_lookahead_strides_ahead(engine, lookahead):

@@ -47,6 +47,7 @@ def test_dynamic_mindir_runs_any_length_like_the_cell(tmp_path, kwargs):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fixed_length_mindir_and_the_check_sees_another_network(tmp_path):
     net = tiny_net()
     path = export_network(net, str(tmp_path / "fixed.mindir"), "MINDIR", input_length=256)
@@ -90,6 +91,7 @@ def run_export(monkeypatch, *flags):
     return 0
 
 
+@pytest.mark.slow
 def test_export_cli_writes_and_checks(trained, tmp_path, monkeypatch, capsys):
     status = run_export(monkeypatch, f"--config_path={trained}/config.yaml",
                         f"--ckpt_file={trained}/tiny.ckpt", f"--file_name={tmp_path}/out/tasnet")

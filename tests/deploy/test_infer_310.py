@@ -25,6 +25,10 @@ from src.model_utils.config import load_config
 from src.data.preparation import prepare_dataset
 from helpers import TINY_NET, ROOT, config, make_tiny_librimix
 
+# The whole module: pipelines in subprocesses, graphs compiled for export (run_tests.sh --fast
+# leaves it out).
+pytestmark = pytest.mark.slow
+
 MS_DIR = os.path.dirname(ms.__file__)
 TINY = TINY_NET
 FIXED = 1600           # samples of the fixed-length MINDIR; the test utterances are 2400-4800

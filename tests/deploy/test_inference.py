@@ -167,6 +167,7 @@ def test_short_final_chunk_is_joined_or_run():
         assert all(length > overlap for length in calls)
 
 
+@pytest.mark.slow
 def test_stream_blocks_of_any_size_give_the_same_result():
     net = tiny_model()
     fn = model_function(net)

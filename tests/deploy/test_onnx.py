@@ -191,6 +191,7 @@ def separate_with(trained, model_path, output_dir, raw=True):
     return sorted(os.path.basename(p) for p in run_separation(cfg, log=lambda line: None))
 
 
+@pytest.mark.slow
 def test_separate_onnx_equals_checkpoint(trained, exported, tmp_path):
     written = separate_with(trained, f"{trained}/tiny.ckpt", tmp_path / "ckpt")
     assert separate_with(trained, exported[0], tmp_path / "onnx") == written

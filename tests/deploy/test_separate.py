@@ -21,6 +21,7 @@ if "MP3" in sf.available_formats():
     FORMATS.append((24000, 2, "MP3", "MPEG_LAYER_III", "mp3"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate,channels,fmt,subtype,ext", FORMATS)
 def test_rates_channels_formats(models, tmp_path, rate, channels, fmt, subtype, ext):
     path = tmp_path / f"talk.{ext}"
@@ -67,6 +68,7 @@ def test_checkpoint_runs_one_graph_for_every_length(models, tmp_path):
                                    rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_long_file_bounded_memory_and_equal_to_whole_away_from_borders(models, tmp_path):
     # 8 kHz (the model's rate), stereo: the downmix is exact, so chunks can be compared with the
     # whole-file result sample for sample. BN in eval mode has no utterance statistics.
@@ -184,6 +186,7 @@ def test_output_never_overwrites_input_and_stems_stay_apart(models, tmp_path):
         ["b_flac_s1.wav", "b_flac_s2.wav", "b_wav_s1.wav", "b_wav_s2.wav"]
 
 
+@pytest.mark.slow
 def test_cli_exit_status_and_one_line_errors(models, tmp_path):
     directory, _ = models
     folder = tmp_path / "in"

@@ -45,6 +45,7 @@ def offline(net, mixture):
     return net(ms.Tensor(mixture[None].astype(np.float32))).asnumpy()[0]
 
 
+@pytest.mark.slow
 def test_file_to_wavs_equals_offline(model):
     directory, net = model
     mixture = (np.random.default_rng(0).standard_normal(12_345) * 0.2).astype(np.float32)
@@ -61,6 +62,7 @@ def test_file_to_wavs_equals_offline(model):
     assert not [f for f in os.listdir(directory / "out") if f.startswith(".tmp-")]
 
 
+@pytest.mark.slow
 def test_raw_pcm_through_stdin_and_stdout(model):
     directory, net = model
     pcm = (np.random.default_rng(1).standard_normal(8_000) * 3000).astype("<i2")
@@ -73,6 +75,7 @@ def test_raw_pcm_through_stdin_and_stdout(model):
     assert np.abs(out / 32768 - np.clip(expected, -1, 32767 / 32768)).max() <= 1.5 / 32768
 
 
+@pytest.mark.slow
 def test_stdin_to_wav_files(model):
     directory, net = model
     pcm = (np.random.default_rng(2).standard_normal(1_001) * 3000).astype("<i2")
@@ -88,6 +91,7 @@ def test_stdin_to_wav_files(model):
     (["--input=-", "--output_dir=-", "--stream_hop_ms=1.5"], b"",
      "stream_hop_ms: expected a whole number of encoder strides"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line(model, flags, stdin, message):
     directory, _ = model
     result = run_stream(directory, *flags, stdin=stdin)
@@ -96,6 +100,7 @@ def test_bad_input_is_one_line(model, flags, stdin, message):
     assert "Traceback" not in result.stderr.decode()
 
 
+@pytest.mark.slow
 def test_non_causal_model_refused_in_one_line(model):
     directory, _ = model
     result = run_stream(directory, "--input=-", "--output_dir=-", name="gln", stdin=b"")

@@ -25,6 +25,10 @@ from src.model_utils.errors import UserError
 from src.data.preparation import prepare_dataset
 from helpers import ROOT, config, make_tiny_librimix
 
+# The whole module: pipelines in subprocesses, graphs compiled for export (run_tests.sh --fast
+# leaves it out).
+pytestmark = pytest.mark.slow
+
 MS_DIR = os.path.dirname(ms.__file__)
 TINY = dict(N=8, L=16, B=4, H=8, Sc=4, P=3, X=2, R=2)
 RATE = 8000

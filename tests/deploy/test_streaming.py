@@ -76,6 +76,7 @@ def check_stream_equals_offline(minute, strides, seconds=None):
     assert relative_error(streamed, offline) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strides", [16, 64])
 def test_stream_equals_offline_on_a_minute(minute, strides):
     check_stream_equals_offline(minute, strides)

@@ -41,6 +41,7 @@ def torch_zip(path, data_pkl, entries=()):
     ("torchaudio_state_dict", ["--X=2", "--mask_nonlinear=sigmoid"],
      dict(norm_type="gLN", mask_nonlinear="sigmoid", edge_pad=4)),
 ])
+@pytest.mark.slow
 def test_converted_model_reproduces_library_outputs(tmp_path, name, flags, expected):
     dst = str(tmp_path / f"{name}.ckpt")
     before = open(fixture(f"{name}.pth"), "rb").read()
@@ -185,6 +186,7 @@ def test_unsupported_asteroid_settings_named(tmp_path):
         convert(path, str(tmp_path / "out.ckpt"), load_config([]))
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT, "GLOG_v": "3"}
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "convert_pytorch.py"),

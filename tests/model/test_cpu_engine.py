@@ -62,6 +62,7 @@ def assert_same_gradients(actual, expected, rel=1e-4):
         assert error <= rel * np.linalg.norm(grad) + 1e-7, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,engine", [("gLN", "matmul"), ("gLN", "kernels"),
                                               ("cLN-causal", "matmul")])
 def test_engines_give_the_same_gradients(name, engine):
@@ -123,6 +124,7 @@ def input_gradients(cell, inputs, seed=7):
 # (dilation, pads, frames): symmetric and causal paddings, and inputs shorter than the padding.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dilation,pads,frames", CHAINS)
 def test_depthwise_chain_matches_numpy_and_autodiff(dilation, pads, frames):
     inputs = chain_inputs(2, frames, 6, 3)
@@ -155,6 +157,7 @@ class DynamicLength(nn.Cell):
         return self.net(mixture)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["matmul", "kernels"])
 def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path, engine, graph_mode):
     conv, matmul = twin_networks(SMALL, engine)
@@ -177,6 +180,7 @@ def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path, engine, 
                                     {**SMALL, "Sc": 0, "C": 3},
                                     VARIANTS["softmax-no-skip-3-speakers"][0]],
                          ids=["gLN", "sigmoid", "no-skip-3-speakers", "softmax"])
+@pytest.mark.slow
 def test_dynamic_batch_and_time_axes_give_the_static_outputs(kwargs, graph_mode):
     # Dynamic shapes broadcast the per-channel weights explicitly (fused_layers.broadcast_like):
     # with a batch of 2 the gains of gLN differ per utterance. They also mask and decode one
@@ -212,6 +216,7 @@ print(json.dumps({{"graph_kernel": ms.get_context("enable_graph_kernel"),
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["matmul", "kernels"])
 def test_graph_kernel_fusion_on_cpu_keeps_the_gradients(tmp_path, engine):
     # In a subprocess: init_device turns graph-kernel fusion on for the whole process.

@@ -140,6 +140,7 @@ except UserError as err:
 """
 
 
+@pytest.mark.slow
 def test_only_the_kernels_engine_compiles_and_falls_back_without_a_compiler(tmp_path):
     cache = tmp_path / "cache"
     fixture = os.path.join(ROOT, "tests", "fixtures", "pytorch", "asteroid_serialized.pth")
@@ -157,6 +158,7 @@ def test_only_the_kernels_engine_compiles_and_falls_back_without_a_compiler(tmp_
     assert not cache.exists() or not any(cache.iterdir())
 
 
+@pytest.mark.slow
 def test_exported_graph_holds_no_kernel(tmp_path):
     from src.deploy.export import export_network
     net = CpuConvTasNet(**SMALL, kernels=True)

@@ -77,6 +77,7 @@ CASES = [pytest.param(variant, engine, marks=() if (variant, engine) in FAST els
          for variant in VARIANTS for engine in ENGINES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,engine", CASES)
 def test_loss_and_gradients_match_asteroid(fixture, variant, engine, pynative_mode):
     settings = json.loads(str(fixture[f"{variant}/config"]))

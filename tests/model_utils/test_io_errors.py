@@ -175,6 +175,7 @@ def test_convert_pytorch(bad_location, monkeypatch, capsys):
     assert_refused(status, error_line(capsys), kind, folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad_location", KINDS[:-1] + [pytest.param("full", marks=pytest.mark.slow)],
                          indirect=True)
 def test_train(run, bad_location, monkeypatch, capsys):

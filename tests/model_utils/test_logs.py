@@ -58,6 +58,7 @@ def test_lines_by_time_without_a_total_and_the_last_count_at_close():
     assert quiet.getvalue().startswith("d: 205/1000 it (20%)")
 
 
+@pytest.mark.slow
 def test_entry_point_logged_to_a_file_has_progress_lines_not_carriage_returns(tmp_path):
     in_dir = make_tiny_librimix(tmp_path / "librimix", sizes={"test": 4})
     log_path = tmp_path / "preprocess.log"

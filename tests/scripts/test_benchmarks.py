@@ -3,6 +3,8 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
 from helpers import ROOT
 
 BENCH = os.path.join(ROOT, "benchmarks", "bench_model.py")
@@ -14,6 +16,7 @@ def run_bench(*args):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_bench_model_measures_training_and_the_exported_model():
     result = run_bench(*TINY, "--measure=framework,train,infer,mindir", "--repeats=2", "--warmup=0",
                        "--batch=2", "--seconds=0.5", "--infer_seconds=1.0", "--profile")

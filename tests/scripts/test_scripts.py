@@ -59,6 +59,7 @@ def run_script(project, name, *args, **env):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_python_of_the_user_used_and_no_venv_made(project, tmp_path):
     python, calls = wrapper(tmp_path, "users-python")
     missing = tmp_path / "no-data"
@@ -77,6 +78,7 @@ def test_python_of_the_user_used_and_no_venv_made(project, tmp_path):
     assert not (tmp_path / "out").exists()                 # refused before anything was written
 
 
+@pytest.mark.slow
 def test_failure_in_the_foreground_is_one_line_with_the_log(project, tmp_path):
     python, _ = wrapper(tmp_path, "users-python")
     data = tmp_path / "empty-data"
@@ -92,6 +94,7 @@ def test_failure_in_the_foreground_is_one_line_with_the_log(project, tmp_path):
     assert log[0].startswith("MindSpore ") and log[-1] in lines[0]
 
 
+@pytest.mark.slow
 def test_value_out_of_range_refused_before_the_background(project, tmp_path):
     python, _ = wrapper(tmp_path, "users-python")
     proc = run_script(project, "run_standalone_train.sh", 0, project / DEMO_RECIPE, "--N=0",

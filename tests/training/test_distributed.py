@@ -15,6 +15,10 @@ from src.training.train_state import last_path
 from src.training.train_step import init_parallel, make_train_step
 from helpers import ROOT, checkpoint_arrays, flags, make_data_dir
 
+# The whole module: pipelines in subprocesses, graphs compiled for export (run_tests.sh --fast
+# leaves it out).
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(ROOT, "scripts", "run_distribute_train.sh")
 
 

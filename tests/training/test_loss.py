@@ -98,6 +98,7 @@ def test_silent_sources_give_finite_loss_and_gradients(silent):
     assert np.isfinite(grad.asnumpy()).all()
 
 
+@pytest.mark.slow
 def test_one_step_reduces_loss_on_a_fixed_batch():
     ms.set_seed(0)
     net = ConvTasNet(N=16, L=4, B=8, H=16, Sc=8, P=3, X=2, R=1)

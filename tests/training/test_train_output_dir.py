@@ -38,6 +38,7 @@ def contents(directory):
     return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
 
 
+@pytest.mark.slow
 @pytest.mark.slow   # three short trainings of a tiny model
 def test_finished_run_refused_resumed_or_replaced_only_when_asked(tmp_path, graph_mode, capsys):
     out = tmp_path / "run"

@@ -59,10 +59,12 @@ def decays(name):
     return "gamma" not in name and "beta" not in name
 
 
+@pytest.mark.slow
 def test_updates_clipped_decayed_with_momentum_and_nonfinite_batches_skipped(graph_mode):
     assert not np.isfinite(check_sgd_updates())
 
 
+@pytest.mark.slow
 def test_updates_right_with_graph_kernel_fusion():
     # In a subprocess: init_device turns graph-kernel fusion on (CPU) for the whole process, as
     # in train.py. A fused kernel once left the encoder's gradient unwritten (garbage) there.

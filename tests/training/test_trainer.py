@@ -72,6 +72,7 @@ def memory_sets(nan_at=()):
     return train_set, ds.NumpySlicesDataset(valid, shuffle=False).batch(1)
 
 
+@pytest.mark.slow
 def test_fit_outputs_skips_a_nan_batch_and_stops_on_a_nan_streak(tmp_path, graph_mode, capsys):
     out = tmp_path / "run"
     cfg = load_config(flags(output_dir=out, epochs=3, keep_checkpoint_max=1,
@@ -148,6 +149,7 @@ def read_state(path):
         return None
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_where_its_checkpoint_left_off(tmp_path, graph_mode,
                                                                        capsys):
     data_dir = make_data_dir(str(tmp_path))
