@@ -46,6 +46,19 @@ def asteroid_model(model):
         causal=model["causal"], sample_rate=model["sample_rate"])
 
 
+def asteroid_step(net, loss_fn, optimizer, mixture, sources, clip_grad_norm):
+    """One training step of Asteroid's model as its recipes take it (clipping when > 0); the
+    loss tensor."""
+    import torch
+    optimizer.zero_grad()
+    loss = loss_fn(net(mixture), sources)
+    loss.backward()
+    if clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad_norm)
+    optimizer.step()
+    return loss
+
+
 def measure_torch(kind, spec):
     """One Asteroid measurement in this process (run by the interpreter that has torch)."""
     import torch
@@ -71,13 +84,8 @@ def measure_torch(kind, spec):
         net.train()
 
         def step():
-            optimizer.zero_grad()
-            loss = loss_fn(net(mixture), sources)
-            loss.backward()
-            if model_cfg["clip_grad_norm"] > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), model_cfg["clip_grad_norm"])
-            optimizer.step()
-            return loss.item()
+            return asteroid_step(net, loss_fn, optimizer, mixture, sources,
+                                 model_cfg["clip_grad_norm"]).item()
         first, times = timed_calls(step, spec["repeats"], spec["warmup"])
         return summary(first, times, samples_per_s=batch / float(np.median(times)), **info)
     samples = int(round(spec["infer_seconds"] * model_cfg["sample_rate"]))

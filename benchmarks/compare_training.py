@@ -70,7 +70,7 @@ def asteroid_run(spec):
     """
     import torch
     from asteroid.losses import PITLossWrapper, pairwise_neg_sisdr
-    from compare_pytorch import asteroid_model
+    from compare_pytorch import asteroid_model, asteroid_step
 
     torch.set_num_threads(spec["threads"])
     model_cfg, out = spec["model"], spec["out_dir"]
@@ -108,12 +108,7 @@ def asteroid_run(spec):
             x = torch.from_numpy(np.stack(mixtures))
             y = torch.from_numpy(np.stack(sources))
             started = time.perf_counter()
-            optimizer.zero_grad()
-            loss = loss_fn(net(x), y)
-            loss.backward()
-            if spec["clip_grad_norm"] > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), spec["clip_grad_norm"])
-            optimizer.step()
+            loss = asteroid_step(net, loss_fn, optimizer, x, y, spec["clip_grad_norm"])
             seconds += time.perf_counter() - started
             losses.append(loss.item())
             if (step + 1) % 25 == 0:

@@ -30,7 +30,6 @@ import ctypes
 import functools
 import logging
 import os
-import subprocess
 
 import numpy as np
 
@@ -46,20 +45,17 @@ logger = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=None)
 def block_kernels():
     """The compiled stream_block.cc (ctypes), or None, said once, when it cannot be built."""
-    from src.model import cpu_kernels
-    try:
-        lib = ctypes.CDLL(cpu_kernels.build(source_path=STREAM_SOURCE))
-    except subprocess.CalledProcessError as err:
-        why = ((err.stderr or "").strip().splitlines() or [f"exit status {err.returncode}"])[0]
-    except OSError as err:
-        why = str(err)
-    else:
-        lib.stream_block.argtypes = [ctypes.POINTER(_StreamBlock)] + [ctypes.c_void_p] * 4 + [
-            ctypes.c_int64, ctypes.c_int64]
-        lib.stream_block.restype = None
-        return lib
-    logger.warning("streaming kernels not built (%s); streaming with numpy alone, slower", why)
-    return None
+    from src.model.cpu_kernels import build_or_reason
+    path, why = build_or_reason(STREAM_SOURCE)
+    if path is None:
+        logger.warning("streaming kernels not built (%s); streaming with numpy alone, slower",
+                       why)
+        return None
+    lib = ctypes.CDLL(path)
+    lib.stream_block.argtypes = [ctypes.POINTER(_StreamBlock)] + [ctypes.c_void_p] * 4 + [
+        ctypes.c_int64, ctypes.c_int64]
+    lib.stream_block.restype = None
+    return lib
 
 
 class _StreamBlock(ctypes.Structure):

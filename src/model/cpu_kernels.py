@@ -85,19 +85,26 @@ def build(directory=None, compiler=None, source_path=None):
     return path
 
 
+def build_or_reason(source_path=None):
+    """(path of the build of `source_path`, None), or (None, why it could not be built: the
+    compiler's first line of complaint, or the missing compiler)."""
+    try:
+        return build(source_path=source_path), None
+    except subprocess.CalledProcessError as err:
+        why = (err.stderr or "").strip().splitlines()
+        return None, why[0] if why else f"exit status {err.returncode}"
+    except OSError as err:
+        return None, str(err)
+
+
 @functools.lru_cache(maxsize=None)
 def library():
     """Path of the compiled kernels for this process, or None when they cannot be built."""
-    try:
-        return build()
-    except subprocess.CalledProcessError as err:
-        why = (err.stderr or "").strip().splitlines()
-        why = why[0] if why else f"exit status {err.returncode}"
-    except OSError as err:
-        why = str(err)
-    logger.warning("CPU kernels not built (%s); using MindSpore's operators, which are slower "
-                   "for graphs of any length", why)
-    return None
+    path, why = build_or_reason()
+    if path is None:
+        logger.warning("CPU kernels not built (%s); using MindSpore's operators, which are "
+                       "slower for graphs of any length", why)
+    return path
 
 
 @functools.lru_cache(maxsize=None)
