@@ -10,8 +10,8 @@ onnx.checker and run by onnxruntime against the network (src/deploy/onnx_export.
 
 --stream=true (a causal cLN model) writes the streaming step instead: <file_name>_stream.mindir
 (one hop of --stream_hop_ms in, the network state as explicit inputs and outputs) and the sidecar
-<file_name>_stream.json, published after the reloaded MINDIR streamed 10 s as the numpy streaming
-separator does (src/deploy/stream_export.py).
+<file_name>_stream.json, published after the reloaded MINDIR streamed --stream_check_seconds
+(default 10 s) as the numpy streaming separator does (src/deploy/stream_export.py).
 """
 import src.model_utils.quiet  # noqa: F401  (first: GLOG_v must be set before mindspore loads)
 from src.model_utils.errors import run_main

@@ -69,16 +69,20 @@ run_preprocess() {
         --splits="[train-360,dev,test]"
 }
 run_train() {
-    if [ -f "$TRAIN/conv_tasnet-best.ckpt" ] && [ -f "$TRAIN/done" ]; then
-        echo "reusing $TRAIN"; return
-    fi
+    [ -f "$TRAIN/conv_tasnet-best.ckpt" ] && finished "$TRAIN" && return
     WAIT=1 bash scripts/run_standalone_train.sh 0 "$CONFIG" --data_dir="$DATA" \
         --output_dir="$TRAIN" --seed="$SEED" --resume=auto "${FLAGS[@]}"
     touch "$TRAIN/done"
 }
+finished() {  # finished DIR: the step writing DIR completed in an earlier run (DIR/done)
+    if [ -f "$1/done" ]; then echo "reusing $1"; return 0; fi
+    return 1
+}
 run_eval() {
+    finished "$EVAL" && return
     "$PYTHON" eval.py --config_path="$TRAIN/config.yaml" --ckpt_file="$TRAIN/conv_tasnet-best.ckpt" \
         --data_dir="$DATA" --output_dir="$EVAL" --save_wav=2 "${FLAGS[@]}"
+    touch "$EVAL/done"
 }
 run_export() {
     mkdir -p "$EXPORT"
@@ -90,14 +94,17 @@ run_infer() {
         bash scripts/run_infer_310.sh "$EXPORT/conv_tasnet.mindir" "$DATA" y 0
 }
 run_export_and_infer() {
-    run_export && run_infer
+    finished "$INFER" && return
+    run_export && run_infer && touch "$INFER/done"
 }
 run_separate() {
+    finished "$SEPARATED" && return
     local mixture
     mixture=$(ls "$LIBRIMIX/test/mix_clean/"*.wav | head -n 1)
     "$PYTHON" separate.py --config_path="$TRAIN/config.yaml" \
         --model_path="$TRAIN/conv_tasnet-best.ckpt" --input="$mixture" \
         --output_dir="$SEPARATED" --plot=true "${FLAGS[@]}"
+    touch "$SEPARATED/done"
 }
 
 step "1. demo LibriMix" make_data

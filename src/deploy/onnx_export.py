@@ -134,15 +134,20 @@ def _depthwise(g, y, block, hint):
 
 
 def _block(g, x, block, hint):
-    """One ConvBlock: x [batch, K, B] -> (residual [batch, K, B], skip [batch, K, Sc] or None)."""
+    """One ConvBlock: x [batch, K, B] -> its outputs [batch, K, B + Sc]: the residual, then the
+    skip connection (one MatMul for both; [batch, K, B] without the skip path)."""
     y = _linear(g, x, block.conv1x1, f"{hint}.conv1x1")
     y = _norm(g, _prelu(g, y, block.prelu1, f"{hint}.prelu1"), block.norm1, f"{hint}.norm1")
     y = _depthwise(g, y, block, f"{hint}.dconv")
     y = _norm(g, _prelu(g, y, block.prelu2, f"{hint}.prelu2"), block.norm2, f"{hint}.norm2")
-    residual = _linear(g, y, block.res_conv, f"{hint}.res_conv")
-    skip = None if block.skip_conv is None else _linear(g, y, block.skip_conv,
-                                                        f"{hint}.skip_conv")
-    return residual, skip
+    if block.skip_conv is None:
+        return _linear(g, y, block.res_conv, f"{hint}.res_conv")
+    weight = np.concatenate([_matrix(block.res_conv), _matrix(block.skip_conv)], axis=1)
+    bias = np.concatenate([_array(block.res_conv.bias), _array(block.skip_conv.bias)])
+    y = g.op("MatMul", [y, g.const(weight, f"{hint}.res_skip_conv.weight")],
+             f"{hint}.res_skip_conv.matmul")
+    return g.op("Add", [y, g.const(bias, f"{hint}.res_skip_conv.bias")],
+                f"{hint}.res_skip_conv.add")
 
 
 def _masks(g, w, separator):
@@ -151,14 +156,20 @@ def _masks(g, w, separator):
 
     x = _norm(g, w, separator.layer_norm, "separator.layer_norm")
     x = _linear(g, x, separator.bottleneck, "separator.bottleneck")
-    skip_sum = None
+    B = separator.bottleneck.out_channels
+    # With the skip path, the residual stream and the skip sum travel as one tensor
+    # [batch, K, B + Sc], so that each block's skip output is added where it is computed:
+    # onnxruntime's execution order otherwise postpones the skip convolutions to the end and keeps
+    # every block's [batch, K, H] activation alive until then (2.9 GB more at 60 s, paper size).
+    state = x
+    if separator.use_skip:
+        Sc = separator.mask_conv.in_channels
+        state = g.op("Pad", [x, g.ints(0, 0, 0, 0, 0, Sc)])                       # skip sum 0
     for i, block in enumerate(separator.blocks):
-        residual, skip = _block(g, x, block, f"separator.blocks.{i}")
-        x = g.op("Add", [x, residual])
-        if separator.use_skip:
-            skip_sum = skip if skip_sum is None else g.op("Add", [skip_sum, skip])
-    y = _prelu(g, skip_sum if separator.use_skip else x, separator.mask_prelu,
-               "separator.mask_prelu")
+        state = g.op("Add", [state, _block(g, x, block, f"separator.blocks.{i}")])
+        x = g.slice(state, 0, B, 2) if separator.use_skip else state
+    y = g.slice(state, B, TO_END, 2) if separator.use_skip else x                # skip sum or x
+    y = _prelu(g, y, separator.mask_prelu, "separator.mask_prelu")
     scores = _linear(g, y, separator.mask_conv, "separator.mask_conv")
     scores = g.op("Reshape", [scores, g.ints(0, -1, separator.C, separator.N)])
     act = separator.mask_act

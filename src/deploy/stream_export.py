@@ -42,7 +42,6 @@ from src.model_utils.errors import UserError
 
 SIDECAR_FORMAT = "conv_tasnet streaming step 1"
 TOLERANCE = 1e-4            # relative difference allowed against the numpy separator
-CHECK_SECONDS = 10.0        # the stream the export is checked on
 EPS = 1e-8
 
 
@@ -283,15 +282,14 @@ def stream_graph(step, info, mixture):
     return np.concatenate(outputs, axis=1)[:, delay:delay + T]
 
 
-def check_stream_mindir(path, info, params, cfg, seconds=None, seed=0):
-    """The largest difference of the reloaded MINDIR at `path`, streamed over `seconds` (default
-    CHECK_SECONDS) of a random signal, against the numpy StreamingSeparator, relative to the
-    largest output."""
+def check_stream_mindir(path, info, params, cfg, seed=0):
+    """The largest difference of the reloaded MINDIR at `path`, streamed over
+    cfg.stream_check_seconds of a random signal, against the numpy StreamingSeparator, relative
+    to the largest output."""
     from src.deploy.export import load_mindir
     from src.deploy.streaming import StreamingSeparator
     graph = load_mindir(path)
-    seconds = CHECK_SECONDS if seconds is None else seconds
-    length = int(seconds * cfg.sample_rate) + 3      # not a whole number of hops
+    length = int(cfg.stream_check_seconds * cfg.sample_rate) + 3   # not a whole number of hops
     rng = np.random.default_rng(seed)
     envelope = 0.05 + np.abs(np.sin(np.arange(length) * (2 * np.pi * 3 / cfg.sample_rate)))
     mixture = (0.3 * envelope * rng.standard_normal(length)).astype(np.float32)
@@ -314,7 +312,7 @@ def stream_hop(cfg):
 def export_stream(cfg, params, file_name, log=print):
     """Write the streaming step of the causal model (cfg, params) as <file_name>_stream.mindir and
     its sidecar <file_name>_stream.json, after checking the reloaded MINDIR against the numpy
-    separator over CHECK_SECONDS of signal. Returns (mindir path, sidecar path)."""
+    separator over cfg.stream_check_seconds of signal. Returns (mindir path, sidecar path)."""
     import mindspore as ms
     from src.deploy.export import _first_line
     from src.deploy.streaming import check_causal
@@ -356,6 +354,6 @@ def export_stream(cfg, params, file_name, log=print):
         shutil.rmtree(tmp_dir, ignore_errors=True)
     log(f"exported {stem}.mindir (MINDIR streaming step: {hop} samples in per call, "
         f"{len(layout)} state tensors) and {stem}.json")
-    log(f"checked: the reloaded MINDIR streamed over {CHECK_SECONDS:g} s gives the streaming "
+    log(f"checked: the reloaded MINDIR streamed over {cfg.stream_check_seconds:g} s gives the streaming "
         f"separator's output (largest difference {worst:.3g} relative)")
     return stem + ".mindir", stem + ".json"

@@ -167,7 +167,7 @@ def test_cumulative_norm_is_accurate_on_long_inputs(graph_mode):
 
 @pytest.mark.slow
 def test_offline_causal_model_matches_float64_on_ten_minutes(graph_mode):
-    sizes = dict(N=8, L=16, B=8, H=16, Sc=8, P=3, X=3, R=2, C=2)
+    sizes = dict(N=8, L=16, B=8, H=16, Sc=8, P=3, X=2, R=1, C=2)   # 5 cLNs over 600,000 frames
     ms.set_seed(0)
     net = CpuConvTasNet(**sizes, norm_type="cLN", causal=True)
     net.set_train(False)

@@ -4,8 +4,7 @@ import mindspore as ms
 
 from src.model.conv_tasnet import ConvTasNet, count_parameters
 from src.model_utils.errors import UserError
-
-SMALL = dict(N=16, L=4, B=8, H=16, Sc=8, P=3, X=3, R=2)
+from helpers import SMALL
 
 
 def test_paper_configuration_parameter_count():

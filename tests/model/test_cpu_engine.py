@@ -160,7 +160,7 @@ class DynamicLength(nn.Cell):
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["matmul", "kernels"])
 def test_dynamic_time_axis_and_mindir_give_the_static_outputs(tmp_path, engine, graph_mode):
-    conv, matmul = twin_networks(SMALL, engine)
+    conv, matmul = twin_networks({**SMALL, **SHORT}, engine)
     conv.set_train(False)
     matmul.set_train(False)
     dynamic = DynamicLength(matmul)
@@ -185,7 +185,7 @@ def test_dynamic_batch_and_time_axes_give_the_static_outputs(kwargs, graph_mode)
     # Dynamic shapes broadcast the per-channel weights explicitly (fused_layers.broadcast_like):
     # with a batch of 2 the gains of gLN differ per utterance. They also mask and decode one
     # speaker at a time (except for the softmax mask): the speakers' order must be kept.
-    conv, matmul = twin_networks(kwargs, "matmul")
+    conv, matmul = twin_networks({**kwargs, **SHORT}, "matmul")
     conv.set_train(False)
     matmul.set_train(False)
     dynamic = DynamicLength(matmul)
