@@ -118,19 +118,15 @@ def _norm(g, x, norm, hint):
 
 
 def _depthwise(g, y, block, hint):
-    """The block's dilated depthwise convolution of y [batch, K, H], as P shifted products."""
+    """The block's dilated depthwise convolution of y [batch, K, H] -> [batch, K, H]: a grouped
+    Conv, channels first in between (faster and leaner in onnxruntime than P shifted products;
+    benchmarks/README.md)."""
     before, after = block.pad
-    total = before + after
-    y = g.op("Pad", [y, g.ints(0, before, 0, 0, after, 0)])
-    taps = _array(block.dconv.weight).reshape(block.H, -1)                      # [H, P]
-    out = None
-    for p in range(taps.shape[1]):
-        start = p * block.dilation
-        # Frames start .. start+K-1 of the padded [batch, K+total, H].
-        end = start - total if start < total else TO_END
-        term = g.op("Mul", [g.slice(y, start, end, 1), g.const(taps[:, p], f"{hint}.tap")])
-        out = term if out is None else g.op("Add", [out, term])
-    return g.op("Add", [out, g.const(_array(block.dconv.bias), f"{hint}.bias")])
+    y = g.op("Transpose", [y], perm=[0, 2, 1])                                   # [batch, H, K]
+    weight = g.const(_array(block.dconv.weight).reshape(block.H, 1, -1), f"{hint}.weight")
+    y = g.op("Conv", [y, weight, g.const(_array(block.dconv.bias), f"{hint}.bias")],
+             f"{hint}.conv", group=block.H, dilations=[block.dilation], pads=[before, after])
+    return g.op("Transpose", [y], perm=[0, 2, 1])
 
 
 def _block(g, x, block, hint):
