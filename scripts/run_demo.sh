@@ -68,15 +68,15 @@ run_preprocess() {
     "$PYTHON" preprocess.py --config_path="$CONFIG" --in_dir="$LIBRIMIX" --out_dir="$DATA" \
         --splits="[train-360,dev,test]"
 }
+finished() {  # finished DIR: the step writing DIR completed in an earlier run (DIR/done)
+    if [ -f "$1/done" ]; then echo "reusing $1"; return 0; fi
+    return 1
+}
 run_train() {
     [ -f "$TRAIN/conv_tasnet-best.ckpt" ] && finished "$TRAIN" && return
     WAIT=1 bash scripts/run_standalone_train.sh 0 "$CONFIG" --data_dir="$DATA" \
         --output_dir="$TRAIN" --seed="$SEED" --resume=auto "${FLAGS[@]}"
     touch "$TRAIN/done"
-}
-finished() {  # finished DIR: the step writing DIR completed in an earlier run (DIR/done)
-    if [ -f "$1/done" ]; then echo "reusing $1"; return 0; fi
-    return 1
 }
 run_eval() {
     finished "$EVAL" && return

@@ -156,7 +156,7 @@ def _masks(g, w, separator):
     # With the skip path, the residual stream and the skip sum travel as one tensor
     # [batch, K, B + Sc], so that each block's skip output is added where it is computed:
     # onnxruntime's execution order otherwise postpones the skip convolutions to the end and keeps
-    # every block's [batch, K, H] activation alive until then (2.9 GB more at 60 s, paper size).
+    # every block's [batch, K, H] activation alive until then (benchmarks/README.md).
     state = x
     if separator.use_skip:
         Sc = separator.mask_conv.in_channels

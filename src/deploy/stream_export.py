@@ -354,6 +354,6 @@ def export_stream(cfg, params, file_name, log=print):
         shutil.rmtree(tmp_dir, ignore_errors=True)
     log(f"exported {stem}.mindir (MINDIR streaming step: {hop} samples in per call, "
         f"{len(layout)} state tensors) and {stem}.json")
-    log(f"checked: the reloaded MINDIR streamed over {cfg.stream_check_seconds:g} s gives the streaming "
-        f"separator's output (largest difference {worst:.3g} relative)")
+    log(f"checked: the reloaded MINDIR streamed over {cfg.stream_check_seconds:g} s gives the "
+        f"streaming separator's output (largest difference {worst:.3g} relative)")
     return stem + ".mindir", stem + ".json"
