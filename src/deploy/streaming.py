@@ -51,10 +51,19 @@ def block_kernels():
         logger.warning("streaming kernels not built (%s); streaming with numpy alone, slower",
                        why)
         return None
+    return load_block_kernels(path)
+
+
+def load_block_kernels(path):
+    """The stream_block.cc library built at `path`, its functions' argument types set."""
     lib = ctypes.CDLL(path)
-    lib.stream_block.argtypes = [ctypes.POINTER(_StreamBlock)] + [ctypes.c_void_p] * 4 + [
-        ctypes.c_int64, ctypes.c_int64]
-    lib.stream_block.restype = None
+    lib.stream_blocks.argtypes = [ctypes.POINTER(_StreamBlock), ctypes.c_int64] + [
+        ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64]
+    lib.stream_blocks.restype = None
+    lib.stream_product.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                   ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                   ctypes.c_void_p]
+    lib.stream_product.restype = None
     return lib
 
 
@@ -105,6 +114,28 @@ def _matrix(params, name):
 
 def _prelu(x, slope):
     return np.where(x >= 0, x, x * slope)
+
+
+class _Product:
+    """A 1x1 convolution frames last, x [M, K] -> x @ weight + bias [M, N]: in stream_product
+    against the weight packed once when the kernels are built (BLAS would repack it at every
+    hop), else numpy."""
+
+    def __init__(self, params, name, kernels=None):
+        self.weight = _matrix(params, name + ".weight")
+        self.bias = _array(params, name + ".bias")
+        self.kernels = kernels
+        if kernels is not None:
+            self.packed = _packed(self.weight)
+
+    def __call__(self, x):
+        if self.kernels is None:
+            return x @ self.weight + self.bias
+        x = np.ascontiguousarray(x, np.float32)
+        out = np.empty((len(x), self.weight.shape[1]), np.float32)
+        self.kernels.stream_product(x.ctypes.data, len(x), x.shape[1], self.packed.ctypes.data,
+                                    out.shape[1], self.bias.ctypes.data, out.ctypes.data)
+        return out
 
 
 class _CumulativeNorm:
@@ -198,12 +229,6 @@ class _Block:
         out = v @ self.w_out + self.b_out
         return out[:, :self.B], out[:, self.B:]
 
-    def run_kernel(self, x, skip, scratch, frames_before):
-        """The block in stream_block.cc: x [M, B] += residual, skip [M, Sc] += skip, in place
-        (both C-contiguous float32); scratch: two [M, H] arrays."""
-        self.kernels.stream_block(self.state, x.ctypes.data, skip.ctypes.data,
-                                  scratch[0].ctypes.data, scratch[1].ctypes.data, len(x),
-                                  frames_before)
 
 
 class StreamingSeparator:
@@ -231,15 +256,19 @@ class StreamingSeparator:
         self.N = self.decoder.shape[0]
         p = "separator."
         self.norm = _CumulativeNorm(params, p + "layer_norm.")
-        self.w_bottleneck = _matrix(params, p + "bottleneck.weight")
-        self.b_bottleneck = _array(params, p + "bottleneck.bias")
         self.use_skip = p + "blocks.0.skip_conv.weight" in params
         self.kernels = block_kernels() if kernels else None
+        self.bottleneck = _Product(params, p + "bottleneck", self.kernels)
         self.blocks = [_Block(params, f"{p}blocks.{i}.", 2 ** (i % X), self.use_skip,
                               self.kernels) for i in range(R * X)]
+        if self.kernels is not None:
+            # All blocks' structures in one array, run by one call per hop; each block's `state`
+            # becomes its element (a view), the one copy that stream_block.cc updates.
+            self.block_states = (_StreamBlock * len(self.blocks))(*[b.state for b in self.blocks])
+            for i, block in enumerate(self.blocks):
+                block.state = self.block_states[i]
         self.mask_slope = _array(params, p + "mask_prelu.w")
-        self.w_mask, self.b_mask = _matrix(params, p + "mask_conv.weight"), \
-            _array(params, p + "mask_conv.bias")
+        self.mask_conv = _Product(params, p + "mask_conv", self.kernels)
         # The padded input from the next frame's start: the causal zeros (+ edge_pad) in front.
         self.front_pad = causal_front_pad(L, True, causal_lookahead) + edge_pad
         self.pending = np.zeros(self.front_pad, np.float32)
@@ -250,6 +279,7 @@ class StreamingSeparator:
         self.emitted = 0                                  # output samples so far
         self.ready = np.zeros((C, 0), np.float32)         # final outputs not yet returned
         self.finished = False
+        self.frame_indices = {}
 
     @classmethod
     def from_config(cls, cfg, params, source="the model", kernels=True):
@@ -292,9 +322,9 @@ class StreamingSeparator:
         if limit is not None:
             M = min(M, limit)
         if M > 0:
-            frames = np.lib.stride_tricks.sliding_window_view(self.pending[:(M + 1) * S], L)
+            frames = self.pending[self._frame_index(M)]                            # [M, L]
             self.pending = self.pending[M * S:]
-            out = self._separate(np.ascontiguousarray(frames[:M * S:S]))      # [C, M*S]
+            out = self._separate(frames)                                           # [C, M*S]
             self.frames += M
             self._append(out)
         # The frame that ends at the last sample received also completes up to L/2-1 outputs
@@ -303,6 +333,17 @@ class StreamingSeparator:
         out, self.ready = self.ready[:, :count], self.ready[:, count:]
         self.emitted += count
         return out
+
+    def _frame_index(self, M):
+        """Indices [M, L] of M frames in the pending input (frame m starts at m*L/2), kept per M
+        (a fancy index costs less per hop than a strided view)."""
+        index = self.frame_indices.get(M)
+        if index is None:
+            if len(self.frame_indices) >= 16:   # pushes of many sizes: memory stays bounded
+                self.frame_indices.clear()
+            index = np.arange(M)[:, None] * self.S + np.arange(self.L)
+            self.frame_indices[M] = index
+        return index
 
     def _append(self, out):
         """Queue decoder output [C, m] as ready, less the leading samples the model cuts."""
@@ -317,15 +358,16 @@ class StreamingSeparator:
         w = frames @ self.encoder                                              # [M, N]
         if self.encoder_relu:
             w = np.maximum(w, 0)
-        x = self.norm(w, k0) @ self.w_bottleneck + self.b_bottleneck           # [M, B]
+        x = self.bottleneck(self.norm(w, k0))                                  # [M, B]
         if self.kernels is not None:
             x = _aligned(x)
             blocks = self.blocks
             skip_sum = _aligned(np.zeros((len(x), blocks[0].w_out.shape[1] - blocks[0].B),
                                          np.float32))
             scratch = _aligned(np.empty((2, len(x), blocks[0].w1.shape[1]), np.float32))
-            for block in blocks:
-                block.run_kernel(x, skip_sum, scratch, k0)
+            self.kernels.stream_blocks(self.block_states, len(blocks), x.ctypes.data,
+                                       skip_sum.ctypes.data, scratch[0].ctypes.data,
+                                       scratch[1].ctypes.data, len(x), k0)
         else:
             skip_sum = 0
             for block in self.blocks:
@@ -334,7 +376,7 @@ class StreamingSeparator:
                 if self.use_skip:
                     skip_sum = skip_sum + skip
         features = _prelu(skip_sum if self.use_skip else x, self.mask_slope)
-        scores = (features @ self.w_mask + self.b_mask).reshape(len(w), self.C, self.N)
+        scores = self.mask_conv(features).reshape(len(w), self.C, self.N)
         if self.mask_nonlinear == "relu":
             masks = np.maximum(scores, 0)
         elif self.mask_nonlinear == "sigmoid":

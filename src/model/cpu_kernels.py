@@ -48,9 +48,10 @@ def _cpu_flags():
     return platform.processor() or platform.machine()
 
 
-def build(directory=None, compiler=None, source_path=None):
+def build(directory=None, compiler=None, source_path=None, extra_flags=()):
     """Compile the kernels (or another source of the project, `source_path`; default SOURCE)
-    unless a build for this source, compiler and CPU exists; its path.
+    unless a build for this source, compiler, CPU and flags exists; its path. `extra_flags` follow
+    FLAGS (the tests build the code paths of CPUs without AVX-512 with -mno-avx512f).
 
     The library is written under a temporary name and renamed, so that concurrent processes (a
     distributed launch) and killed builds never leave a partial file. Raises OSError or
@@ -65,7 +66,8 @@ def build(directory=None, compiler=None, source_path=None):
     source_path = source_path or SOURCE
     with open(source_path, "rb") as f:
         source = f.read()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
+    flags = (*FLAGS, *extra_flags)
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                      _cpu_flags().encode()])).hexdigest()[:16]
     directory = directory or cache_dir()
     stem = os.path.splitext(os.path.basename(source_path))[0]
@@ -76,7 +78,7 @@ def build(directory=None, compiler=None, source_path=None):
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=directory)
     os.close(fd)
     try:
-        subprocess.run([executable, *FLAGS, "-o", tmp, source_path], capture_output=True,
+        subprocess.run([executable, *flags, "-o", tmp, source_path], capture_output=True,
                        text=True, check=True)
         os.replace(tmp, path)
     finally:

@@ -112,6 +112,37 @@ def test_stream_of_any_block_sizes_equals_offline(hops, edge_pad, kernels):
     assert relative_error(streamed, offline) < 1e-5
 
 
+@pytest.mark.parametrize("isa_flags", [(), ("-mno-avx512f",)], ids=["native", "no-avx512"])
+def test_block_kernel_of_wide_layers_equals_offline(isa_flags, monkeypatch, tmp_path):
+    # Widths over several 16-column panels of stream_block.cc's products, not multiples of 16
+    # (B + Sc = 33: a pair of panels and a single one; H = 40: padded columns), and hops of
+    # 1-21 frames (its tiles of 8 rows and every remainder); also built without AVX-512, the
+    # code CPUs without it run.
+    from src.model.cpu_kernels import build
+    path = build(directory=str(tmp_path), source_path=streaming.STREAM_SOURCE,
+                 extra_flags=isa_flags)
+    monkeypatch.setattr(streaming, "block_kernels", lambda: streaming.load_block_kernels(path))
+    sizes = dict(N=24, L=8, B=20, H=40, Sc=13, P=3, X=2, R=1)
+    cfg = load_config([f"--{k}={v}" for k, v in dict(sizes, n_src=2, norm_type="cLN",
+                                                     causal=True).items()])
+    ms.set_seed(3)
+    net = ConvTasNet(**sizes, C=2, norm_type="cLN", causal=True)
+    params = {name: p.asnumpy() for name, p in net.parameters_and_names()}
+    mixture = speech_like(0.5, seed=2)
+    offline = net(ms.Tensor(mixture[None])).asnumpy()[0]
+    separator = StreamingSeparator.from_config(cfg, params)
+    assert separator.kernels is not None
+    outputs, start, i = [], 0, 0
+    frames = [1, 8, 13, 16, 21, 7]
+    while start < len(mixture):
+        hop = frames[i % len(frames)] * cfg.L // 2
+        outputs.append(separator.push(mixture[start:start + hop]))
+        start, i = start + hop, i + 1
+    streamed = np.concatenate(outputs + [separator.finish()], axis=1)
+    assert streamed.shape == offline.shape
+    assert relative_error(streamed, offline) < 1e-5
+
+
 def test_without_a_compiler_numpy_alone_streams(monkeypatch, caplog):
     monkeypatch.setenv("CXX", "no-such-compiler")
     monkeypatch.setattr(streaming, "block_kernels", streaming.block_kernels.__wrapped__)

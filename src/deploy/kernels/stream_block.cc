@@ -5,15 +5,40 @@
 // (its two matrix products against weights packed once, PReLUs, cumulative layer norms,
 // depthwise convolution, residual and skip sums) in one call.
 //
-// cLN statistics as in the offline model: per frame the sum and sum of squares over the channels,
-// accumulated over all frames so far in double (`sums` = {sum, sum of squares}, carried between
+// cLN statistics as in the offline model: per frame the sum and sum of squares over the channels
+// (float32), accumulated over all frames so far in double (`sums` = {sum, sum of squares}, carried between
 // calls), count = frames so far * channels, var = E[x^2] - E[x]^2 (not below 0), eps 1e-8.
 #include <cmath>
 #include <cstdint>
+#include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
 constexpr double kEps = 1e-8;
+
+// x = prelu(x + bias) on one row of C values (bias may be null; slopes: 1 shared or C);
+// returns the row's sum and sum of squares (float, summed in vector lanes, as numpy's
+// float32 reductions).
+template <bool kBias, bool kShared>
+inline void PreluRow(float *row, int64_t C, const float *bias, const float *slope, float *sum,
+                     float *pow) {
+  float s = 0.0f, q = 0.0f;
+  const float shared = slope[0];
+#pragma omp simd reduction(+ : s, q)
+  for (int64_t c = 0; c < C; ++c) {
+    float v = kBias ? row[c] + bias[c] : row[c];
+    const float a = kShared ? shared : slope[c];
+    v = v >= 0.0f ? v : v * a;
+    row[c] = v;
+    s += v;
+    q += v * v;
+  }
+  *sum = s;
+  *pow = q;
+}
 
 // In place on x [M, C]: x = prelu(x + bias), then cLN with the running sums.
 void PreluNorm(float *x, int64_t M, int64_t C, const float *bias, const float *slope,
@@ -21,16 +46,13 @@ void PreluNorm(float *x, int64_t M, int64_t C, const float *bias, const float *s
                int64_t frames_before) {
   for (int64_t m = 0; m < M; ++m) {
     float *row = x + m * C;
-    double sum = 0.0, pow = 0.0;
-#pragma omp simd reduction(+ : sum, pow)
-    for (int64_t c = 0; c < C; ++c) {
-      float v = bias ? row[c] + bias[c] : row[c];
-      float a = slope[slopes == 1 ? 0 : c];
-      v = v >= 0.0f ? v : v * a;
-      row[c] = v;
-      sum += v;
-      pow += static_cast<double>(v) * v;
-    }
+    float sum, pow;
+    if (bias)
+      slopes == 1 ? PreluRow<true, true>(row, C, bias, slope, &sum, &pow)
+                  : PreluRow<true, false>(row, C, bias, slope, &sum, &pow);
+    else
+      slopes == 1 ? PreluRow<false, true>(row, C, bias, slope, &sum, &pow)
+                  : PreluRow<false, false>(row, C, bias, slope, &sum, &pow);
     sums[0] += sum;
     sums[1] += pow;
     double count = static_cast<double>(frames_before + m + 1) * C;
@@ -47,48 +69,91 @@ void PreluNorm(float *x, int64_t M, int64_t C, const float *bias, const float *s
 // Matrix products for few rows (a hop's frames) against a weight packed once into panels of
 // kPanel columns: wp[p][k][j] = W[k][p*kPanel + j], zero past the last column. BLAS packs the
 // weight again at every call, which costs more than the product when the hop has few frames.
+// t [M, ldt] = x [M, K] @ W, ldt = the panels' columns (N rounded up to kPanel).
 constexpr int64_t kPanel = 16;
+constexpr int64_t kPrefetch = 1024;  // floats
 
-// acc[MR][kPanel] = x[MR rows, K] @ panel [K, kPanel]; then store(row, column, value).
-template <int MR, typename Store>
-inline void PanelRows(const float *x, int64_t K, const float *panel, Store store) {
-  float acc[MR][kPanel] = {};
+#if defined(__AVX512F__)
+// t[r][p*16 ..] for r < MR, p < NP: MR rows of x against NP adjacent panels; MR*NP
+// accumulators stay in registers (each weight vector is loaded once for the MR rows, each
+// x value broadcast once for the NP panels).
+template <int MR, int NP>
+inline void Tile(const float *x, int64_t K, const float *panel, float *t, int64_t ldt) {
+  __m512 acc[MR][NP];
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
-    const float *w = panel + k * kPanel;
+    __m512 w[NP];
+    for (int p = 0; p < NP; ++p) {
+      const float *at = panel + (p * K + k) * kPanel;
+      w[p] = _mm512_loadu_ps(at);
+      // The weights come from L3 or memory (a block's do not stay in L2 between hops): ask
+      // for them 4 KB ahead.
+      _mm_prefetch(reinterpret_cast<const char *>(at + kPrefetch), _MM_HINT_T0);
+    }
     for (int r = 0; r < MR; ++r) {
-      const float a = x[r * K + k];
-#pragma omp simd
-      for (int64_t j = 0; j < kPanel; ++j) acc[r][j] += a * w[j];
+      const __m512 a = _mm512_set1_ps(x[r * K + k]);
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(a, w[p], acc[r][p]);
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int64_t j = 0; j < kPanel; ++j) store(r, j, acc[r][j]);
+    for (int p = 0; p < NP; ++p) _mm512_storeu_ps(t + r * ldt + p * kPanel, acc[r][p]);
+}
+#else
+template <int MR, int NP>
+inline void Tile(const float *x, int64_t K, const float *panel, float *t, int64_t ldt) {
+  for (int p = 0; p < NP; ++p) {
+    float acc[MR][kPanel] = {};
+    const float *w0 = panel + p * K * kPanel;
+    for (int64_t k = 0; k < K; ++k) {
+      const float *w = w0 + k * kPanel;
+      for (int r = 0; r < MR; ++r) {
+        const float a = x[r * K + k];
+#pragma omp simd
+        for (int64_t j = 0; j < kPanel; ++j) acc[r][j] += a * w[j];
+      }
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int64_t j = 0; j < kPanel; ++j) t[r * ldt + p * kPanel + j] = acc[r][j];
+  }
+}
+#endif
+
+// All rows of x against NP panels starting at `panel`: tiles of kRows rows, then the rest.
+template <int NP>
+void PanelColumns(const float *x, int64_t M, int64_t K, const float *panel, float *t,
+                  int64_t ldt) {
+  constexpr int kRows = 8;
+  int64_t m = 0;
+  for (; m + kRows <= M; m += kRows) Tile<kRows, NP>(x + m * K, K, panel, t + m * ldt, ldt);
+  const float *xr = x + m * K;
+  float *tr = t + m * ldt;
+  switch (M - m) {
+    case 7: Tile<7, NP>(xr, K, panel, tr, ldt); break;
+    case 6: Tile<6, NP>(xr, K, panel, tr, ldt); break;
+    case 5: Tile<5, NP>(xr, K, panel, tr, ldt); break;
+    case 4: Tile<4, NP>(xr, K, panel, tr, ldt); break;
+    case 3: Tile<3, NP>(xr, K, panel, tr, ldt); break;
+    case 2: Tile<2, NP>(xr, K, panel, tr, ldt); break;
+    case 1: Tile<1, NP>(xr, K, panel, tr, ldt); break;
+    default: break;
+  }
 }
 
-// out = x [M, K] @ W [K, N] (W packed as above), store(m, n, value) for n < N.
-template <typename Store>
-void PackedProduct(const float *x, int64_t M, int64_t K, const float *wp, int64_t N,
-                   Store store) {
-  constexpr int kRows = 6;
-  for (int64_t p = 0; p * kPanel < N; ++p) {
-    const float *panel = wp + p * K * kPanel;
-    const int64_t n0 = p * kPanel, width = N - n0 < kPanel ? N - n0 : kPanel;
-    auto at = [&](int64_t m0) {
-      return [&, m0](int r, int64_t j, float v) {
-        if (j < width) store(m0 + r, n0 + j, v);
-      };
-    };
-    int64_t m = 0;
-    for (; m + kRows <= M; m += kRows) PanelRows<kRows>(x + m * K, K, panel, at(m));
-    switch (M - m) {
-      case 5: PanelRows<5>(x + m * K, K, panel, at(m)); break;
-      case 4: PanelRows<4>(x + m * K, K, panel, at(m)); break;
-      case 3: PanelRows<3>(x + m * K, K, panel, at(m)); break;
-      case 2: PanelRows<2>(x + m * K, K, panel, at(m)); break;
-      case 1: PanelRows<1>(x + m * K, K, panel, at(m)); break;
-      default: break;
-    }
-  }
+// t [M, ldt] = x [M, K] @ W [K, N] (W packed as above, ldt = panels * kPanel).
+void PackedProduct(const float *x, int64_t M, int64_t K, const float *wp, int64_t N, float *t) {
+  const int64_t panels = (N + kPanel - 1) / kPanel, ldt = panels * kPanel;
+  int64_t p = 0;
+  for (; p + 2 <= panels; p += 2)
+    PanelColumns<2>(x, M, K, wp + p * K * kPanel, t + p * kPanel, ldt);
+  if (p < panels) PanelColumns<1>(x, M, K, wp + p * K * kPanel, t + p * kPanel, ldt);
+}
+
+// A scratch buffer of at least n floats, kept between calls (one per thread).
+float *Scratch(int64_t n) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
 }
 
 }  // namespace
@@ -120,9 +185,15 @@ struct StreamBlock {
 void stream_block(StreamBlock *b, float *x, float *skip, float *u, float *v, int64_t M,
                   int64_t frames_before) {
   const int64_t B = b->B, H = b->H, Sc = b->Sc, P = b->P, D = (P - 1) * b->dilation;
-  PackedProduct(x, M, B, b->w1, H, [&](int64_t m, int64_t n, float value) {
-    u[m * H + n] = value;
-  });
+  const int64_t ld1 = (H + kPanel - 1) / kPanel * kPanel;
+  if (ld1 == H) {
+    PackedProduct(x, M, B, b->w1, H, u);
+  } else {
+    float *t = Scratch(M * ld1);
+    PackedProduct(x, M, B, b->w1, H, t);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t h = 0; h < H; ++h) u[m * H + h] = t[m * ld1 + h];
+  }
   PreluNorm(u, M, H, b->bias1, b->slope1, b->slopes1, b->gamma1, b->beta1, b->sums1,
             frames_before);
   const float *last = b->taps + (P - 1) * H;
@@ -155,12 +226,36 @@ void stream_block(StreamBlock *b, float *x, float *skip, float *u, float *v, int
   PreluNorm(v, M, H, nullptr, b->slope2, b->slopes2, b->gamma2, b->beta2, b->sums2,
             frames_before);
   const float *b_out = b->b_out;
-  PackedProduct(v, M, H, b->w_out, B + Sc, [&](int64_t m, int64_t n, float value) {
-    if (n < B)
-      x[m * B + n] += value + b_out[n];
-    else
-      skip[m * Sc + n - B] += value + b_out[n];
-  });
+  const int64_t ld2 = (B + Sc + kPanel - 1) / kPanel * kPanel;
+  float *t = Scratch(M * ld2);
+  PackedProduct(v, M, H, b->w_out, B + Sc, t);
+  for (int64_t m = 0; m < M; ++m) {
+    const float *row = t + m * ld2;
+    float *xm = x + m * B, *sm = skip + m * Sc;
+#pragma omp simd
+    for (int64_t n = 0; n < B; ++n) xm[n] += row[n] + b_out[n];
+#pragma omp simd
+    for (int64_t n = 0; n < Sc; ++n) sm[n] += row[B + n] + b_out[B + n];
+  }
+}
+
+// The blocks blocks[0 .. count) in turn on the same hop (one call from Python per hop).
+void stream_blocks(StreamBlock *blocks, int64_t count, float *x, float *skip, float *u, float *v,
+                   int64_t M, int64_t frames_before) {
+  for (int64_t i = 0; i < count; ++i) stream_block(blocks + i, x, skip, u, v, M, frames_before);
+}
+
+// out [M, N] = x [M, K] @ W + bias, W [K, N] packed as above (the separator's bottleneck and
+// mask convolutions).
+void stream_product(const float *x, int64_t M, int64_t K, const float *wp, int64_t N,
+                    const float *bias, float *out) {
+  const int64_t ld = (N + kPanel - 1) / kPanel * kPanel;
+  float *t = Scratch(M * ld);
+  PackedProduct(x, M, K, wp, N, t);
+  for (int64_t m = 0; m < M; ++m) {
+#pragma omp simd
+    for (int64_t n = 0; n < N; ++n) out[m * N + n] = t[m * ld + n] + bias[n];
+  }
 }
 
 }  // extern "C"
