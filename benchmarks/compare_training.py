@@ -9,6 +9,9 @@ mixtures (SI-SNRi, SDRi, with the project's scoring: src/evaluation/evaluate.py)
                   --torch_python, an interpreter with torch and asteroid)
     mindspore     train.py on the stored mixtures
     mindspore_dm  train.py with dynamic mixing and speed perturbation (--dm_flags)
+    mindspore_replay  train.py's loop and training step from the asteroid arm's initial weights
+                  on the asteroid arm's batches (same seed): separates the training step from
+                  the initialisation and the data pipeline
 Both frameworks take the model, crop length, batch, learning rate, clipping and weight decay from
 the same configuration (--config_path, default configs/demo_cpu.yaml); no LR halving, no early
 stop. Every run appends one record to --results (JSON) as soon as it is scored, so a stopped
@@ -39,8 +42,10 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from src.model_utils.atomic import write_json  # noqa: E402
 from src.model_utils.errors import UserError, run_main  # noqa: E402
 
-ARMS = ("asteroid", "mindspore", "mindspore_dm")
+ARMS = ("asteroid", "mindspore", "mindspore_dm", "mindspore_replay")
 CHILD_FLAG = "--_asteroid_run"
+INIT_FLAG = "--_asteroid_init"
+REPLAY_FLAG = "--_replay_run"
 MODEL_KEYS = ("N", "L", "B", "H", "Sc", "P", "X", "R", "n_src", "norm_type", "causal",
               "mask_nonlinear", "sample_rate")
 TRAIN_KEYS = ("segment", "batch_size", "lr", "l2", "clip_grad_norm")
@@ -62,6 +67,37 @@ def read_split(data_dir, split, n_src):
             for i, mix in enumerate(mixtures)]
 
 
+def asteroid_epoch(train, rng, batch, segment):
+    """One epoch of the Asteroid arm's batches: (mixtures [batch, segment], sources [batch, C,
+    segment]) per step, drawn from `rng` (numpy Generator): a permutation of `train`, then one
+    random crop per mixture. The replay arm draws the same stream."""
+    order = rng.permutation(len(train))
+    for step in range(len(train) // batch):
+        mixtures, sources = [], []
+        for i in order[step * batch:(step + 1) * batch]:
+            mixture, refs = train[i]
+            start = int(rng.integers(0, len(mixture) - segment + 1))
+            mixtures.append(mixture[start:start + segment])
+            sources.append(refs[:, start:start + segment])
+        yield np.stack(mixtures), np.stack(sources)
+
+
+def asteroid_model_with_seed(spec):
+    """Asteroid's ConvTasNet initialised as the Asteroid arm of spec's seed initialises it."""
+    import torch
+    from compare_pytorch import asteroid_model
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    return asteroid_model(spec["model"])
+
+
+def asteroid_init(spec):
+    """Write the Asteroid arm's initial weights (its state_dict) to spec's out_dir/asteroid_init.pth."""
+    import torch
+    torch.save(asteroid_model_with_seed(spec).state_dict(),
+               os.path.join(spec["out_dir"], "asteroid_init.pth"))
+
+
 def asteroid_run(spec):
     """Train Asteroid's ConvTasNet as `spec` says; write curves and test estimates to spec's dir.
 
@@ -70,13 +106,11 @@ def asteroid_run(spec):
     """
     import torch
     from asteroid.losses import PITLossWrapper, pairwise_neg_sisdr
-    from compare_pytorch import asteroid_model, asteroid_step
+    from compare_pytorch import asteroid_step
 
-    torch.set_num_threads(spec["threads"])
     model_cfg, out = spec["model"], spec["out_dir"]
     rng = np.random.default_rng(spec["seed"])
-    torch.manual_seed(spec["seed"])
-    net = asteroid_model(model_cfg)
+    net = asteroid_model_with_seed(spec)
     optimizer = torch.optim.Adam(net.parameters(), lr=spec["lr"], weight_decay=spec["l2"])
     loss_fn = PITLossWrapper(pairwise_neg_sisdr, pit_from="pw_mtx")
     segment = int(round(spec["segment"] * model_cfg["sample_rate"]))
@@ -96,17 +130,9 @@ def asteroid_run(spec):
         torch.set_rng_state(state["torch_rng"])
     while len(history) < spec["epochs"]:
         net.train()
-        order = rng.permutation(len(train))
         losses, seconds = [], 0.0
-        for step in range(steps_per_epoch):
-            mixtures, sources = [], []
-            for i in order[step * batch:(step + 1) * batch]:
-                mixture, refs = train[i]
-                start = int(rng.integers(0, len(mixture) - segment + 1))
-                mixtures.append(mixture[start:start + segment])
-                sources.append(refs[:, start:start + segment])
-            x = torch.from_numpy(np.stack(mixtures))
-            y = torch.from_numpy(np.stack(sources))
+        for step, (mixtures, sources) in enumerate(asteroid_epoch(train, rng, batch, segment)):
+            x, y = torch.from_numpy(mixtures), torch.from_numpy(sources)
             started = time.perf_counter()
             loss = asteroid_step(net, loss_fn, optimizer, x, y, spec["clip_grad_norm"])
             seconds += time.perf_counter() - started
@@ -137,6 +163,51 @@ def asteroid_run(spec):
     np.savez(os.path.join(out, "test_estimates.tmp.npz"), **estimates)
     os.replace(os.path.join(out, "test_estimates.tmp.npz"), os.path.join(out, "test_estimates.npz"))
     write_json(os.path.join(out, "asteroid_curves.json"), history)
+
+
+# ---------------------------------------------------------------- replay arm (project process)
+
+class ReplayStream:
+    """The Asteroid arm's batch stream as a GeneratorDataset source: each iteration is the next
+    epoch (the generator's state carries over), rows (mixture [batch, S], sources [batch, C, S],
+    lengths [batch]) already batched."""
+
+    def __init__(self, train, seed, batch, segment):
+        self.train, self.batch, self.segment = train, batch, segment
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return len(self.train) // self.batch
+
+    def __iter__(self):
+        for mixtures, sources in asteroid_epoch(self.train, self.rng, self.batch, self.segment):
+            yield mixtures, sources, np.full(len(mixtures), self.segment, np.int32)
+
+
+def replay_run(spec):
+    """train.py's loop (src/training/trainer.fit: the project's training step, validation,
+    checkpoints and curves) from the Asteroid arm's initial weights on the Asteroid arm's batch
+    stream: what is left of a difference between the two arms is in their training steps."""
+    import mindspore.dataset as ds
+    from src.data.dataset import create_eval_dataset
+    from src.model.build import build_network
+    from src.model.checkpoint import load_weights
+    from src.model_utils.config import load_config
+    from src.model_utils.device import init_device
+    from src.training.trainer import fit
+
+    cfg = load_config(spec["config_args"])
+    init_device(cfg)
+    net = build_network(cfg)
+    load_weights(net, spec["init_ckpt"])
+    segment = int(round(cfg.segment * cfg.sample_rate))
+    train = [x for x in read_split(cfg.data_dir, "train-360", cfg.n_src) if len(x[0]) >= segment]
+    stream = ReplayStream(train, cfg.seed, cfg.batch_size, segment)
+    train_set = ds.GeneratorDataset(stream, column_names=["mixture", "sources", "lengths"],
+                                    shuffle=False, num_parallel_workers=1,
+                                    python_multiprocessing=False)
+    valid_set, _ = create_eval_dataset(cfg, cfg.valid_name, cfg.cv_maxlen)
+    fit(cfg, net, train_set, valid_set)
 
 
 # ---------------------------------------------------------------- driver (project environment)
@@ -206,15 +277,41 @@ def run_asteroid(args, spec, out, log_path, data_dir, dev_input):
                                  spec["model"]["n_src"])
 
 
+def train_flags(args, config_flags, seed, out, data_dir):
+    """train.py's flags of the project's arms (no LR halving, no early stop, every dev mixture)."""
+    return [f"--config_path={args.config_path}", *config_flags, f"--data_dir={data_dir}",
+            f"--output_dir={out}", f"--seed={seed}", f"--epochs={args.epochs}",
+            "--lr_patience=0", "--early_stop_patience=0", "--short_policy=drop",
+            "--cv_maxlen=0", "--keep_checkpoint_max=0", f"--log_interval={args.log_interval}"]
+
+
 def run_mindspore(args, config_flags, arm, seed, out, log_path, data_dir, dev_input):
-    flags = [f"--config_path={args.config_path}", *config_flags, f"--data_dir={data_dir}",
-             f"--output_dir={out}", f"--seed={seed}", f"--epochs={args.epochs}",
-             "--lr_patience=0", "--early_stop_patience=0", "--short_policy=drop",
-             "--cv_maxlen=0", "--keep_checkpoint_max=0", "--resume=auto",
-             f"--log_interval={args.log_interval}"]
+    flags = train_flags(args, config_flags, seed, out, data_dir) + ["--resume=auto"]
     if arm == "mindspore_dm":
         flags += args.dm_flags.split()
     run([sys.executable, "train.py", *flags], log_path)
+    return score_mindspore(out, log_path, data_dir, dev_input)
+
+
+def run_replay(args, config_flags, spec, out, log_path, data_dir, dev_input):
+    """The replay arm: Asteroid's initial weights (torch process), converted, then replay_run
+    (started anew when interrupted: its batch stream does not resume)."""
+    spec = dict(spec, out_dir=out)
+    run([args.torch_python, os.path.abspath(__file__), f"{INIT_FLAG}={json.dumps(spec)}"],
+        log_path)
+    init_ckpt = os.path.join(out, "asteroid_init.ckpt")
+    run([sys.executable, "convert_pytorch.py", f"--config_path={args.config_path}",
+         *config_flags, f"--src={os.path.join(out, 'asteroid_init.pth')}", f"--dst={init_ckpt}",
+         "--overwrite=true"], log_path)
+    flags = train_flags(args, config_flags, spec["seed"], out, data_dir) + ["--overwrite=true"]
+    run([sys.executable, os.path.abspath(__file__),
+         f"{REPLAY_FLAG}={json.dumps(dict(config_args=flags, init_ckpt=init_ckpt))}"], log_path)
+    return score_mindspore(out, log_path, data_dir, dev_input)
+
+
+def score_mindspore(out, log_path, data_dir, dev_input):
+    """(curves with valid_loss, test scores) of the project's run in `out` (eval.py on its last
+    weights)."""
     run([sys.executable, "eval.py", f"--config_path={os.path.join(out, 'config.yaml')}",
          f"--ckpt_file={os.path.join(out, 'conv_tasnet-last.ckpt')}", f"--data_dir={data_dir}",
          f"--output_dir={out}", "--test_name=test"], log_path)
@@ -248,7 +345,8 @@ def plot(records, path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from src.model_utils.atomic import atomic_output
-    colours = dict(asteroid="tab:orange", mindspore="tab:blue", mindspore_dm="tab:green")
+    colours = dict(asteroid="tab:orange", mindspore="tab:blue", mindspore_dm="tab:green",
+                   mindspore_replay="tab:purple")
     figure = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
@@ -271,10 +369,12 @@ def plot(records, path):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    child = [a for a in argv if a.startswith(CHILD_FLAG + "=")]
-    if child:
-        asteroid_run(json.loads(child[0].split("=", 1)[1]))
-        return
+    for flag, child in ((CHILD_FLAG, asteroid_run), (INIT_FLAG, asteroid_init),
+                        (REPLAY_FLAG, replay_run)):
+        given = [a for a in argv if a.startswith(flag + "=")]
+        if given:
+            child(json.loads(given[0].split("=", 1)[1]))
+            return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--librispeech", required=True, help="folder of LibriSpeech utterances")
     parser.add_argument("--work_dir", required=True, help="data and runs are kept here")
@@ -339,6 +439,9 @@ def main(argv=None):
                 rows, scores = run_asteroid(args, dict(spec_base, seed=seed,
                                                        data_dir=data_dir), out, log_path,
                                             data_dir, dev_input)
+            elif arm == "mindspore_replay":
+                rows, scores = run_replay(args, config_flags, dict(spec_base, seed=seed), out,
+                                          log_path, data_dir, dev_input)
             else:
                 rows, scores = run_mindspore(args, config_flags, arm, seed, out, log_path,
                                              data_dir, dev_input)
