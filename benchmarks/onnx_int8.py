@@ -4,13 +4,13 @@
         --data_dir=<data> --test_name=test --work_dir=DIR [--keep_float="none;encoder,decoder"] \
         [--seconds=10,60] [--threads=1] [--repeats=3] [--out=results.json]
 
-Exports the checkpoint to ONNX (checked against the network), quantizes it dynamically and
-statically (calibrated on `calibration_mixtures` training mixtures of `train_name`) once per
-keep_float set (`;` between sets, `,` between the node-name prefixes of a set), scores every
-model on the whole utterances of `test_name` with the project's evaluation (src.evaluation), and
-times each in a process of its own that imports only onnxruntime and numpy (its peak RSS is then
-the model's, not MindSpore's) on a clip of each length made of test mixtures end to end. RTF is
-the median over `repeats` calls after a warm-up call. Prints a Markdown table; --out writes JSON.
+Exports the checkpoint to ONNX (checked against the network), quantizes it with each scheme of
+src/deploy/onnx_quantize.py (the calibrated ones on `calibration_mixtures` training mixtures of
+`train_name`) once per keep_float set (`;` between sets, `,` between the node-name prefixes of a
+set), scores every model on the whole utterances of `test_name` with the project's evaluation
+(src.evaluation), and times each in a process of its own that imports only onnxruntime and numpy
+(its peak RSS is then the model's, not MindSpore's) on a clip of each length made of test
+mixtures end to end. RTF is the median over `repeats` calls after a warm-up call. Prints a Markdown table; --out writes JSON.
 """
 import argparse
 import json
@@ -88,7 +88,7 @@ def main():
     from src.data.dataset import create_eval_dataset
     from src.evaluation.evaluate import evaluate
     from src.deploy.onnx_export import export_onnx
-    from src.deploy.onnx_quantize import quantize_onnx, training_mixtures
+    from src.deploy.onnx_quantize import SCHEMES, quantize_onnx, training_mixtures
     from src.deploy.onnx_runtime import SETTINGS, load_onnx
 
     cfg = load_config(config_argv)
@@ -103,7 +103,7 @@ def main():
     models = {"float": float_path}
     for keep in args.keep_float.split(";"):
         prefixes = [] if keep == "none" else keep.split(",")
-        for scheme in ("dynamic", "static"):
+        for scheme in SCHEMES:
             name = f"{scheme}" + ("" if not prefixes else f" (float: {keep})")
             path = os.path.join(args.work_dir, f"{scheme}_{keep.replace(',', '+')}.onnx")
             models[name] = quantize_onnx(float_path, path, scheme, mixtures, prefixes)

@@ -305,13 +305,14 @@ def run_quantization(cfg, float_path, log=print):
 
     # Dynamic quantization needs no data: training mixtures, where there are, only check it.
     has_data = os.path.isfile(os.path.join(cfg.data_dir, cfg.train_name, "mix.json"))
-    if cfg.quantize == "static" and cfg.calibration_mixtures < 1:
+    calibrated = cfg.quantize in ("static", "full")
+    if calibrated and cfg.calibration_mixtures < 1:
         raise UserError(f"calibration_mixtures: expected a number of mixtures >= 1, got "
                         f"{cfg.calibration_mixtures}")
     # Up to 4 more than the calibration takes, so that the check runs on other mixtures.
     mixtures = (training_mixtures(cfg.data_dir, cfg.train_name, cfg.calibration_mixtures + 4,
                                   cfg.segment, cfg.sample_rate)
-                if cfg.quantize == "static" or has_data else [])
+                if calibrated or has_data else [])
     mixtures, check = mixtures[:cfg.calibration_mixtures], mixtures[cfg.calibration_mixtures:]
     out = float_path[:-len(".onnx")] + f"_int8_{cfg.quantize}.onnx"
     quantize_onnx(float_path, out, cfg.quantize, mixtures, cfg.keep_float)

@@ -1,10 +1,14 @@
 """Post-training int8 quantization of an exported ONNX model with onnxruntime.quantization.
 
-Two schemes, both on the graph's MatMuls (every 1x1 convolution, the encoder and the decoder of
-src/deploy/onnx_export.py):
+Three schemes; the first two on the graph's MatMuls (every 1x1 convolution, the encoder and the
+decoder of src/deploy/onnx_export.py):
     dynamic  int8 weights; activations quantized on the fly, per MatMul call (no data needed).
     static   int8 weights (per output channel) and uint8 activations with fixed ranges,
              calibrated on training mixtures (QDQ format).
+    full     as static, on every operator onnxruntime has an int8 kernel for: besides the
+             MatMuls the depthwise Conv, the PReLUs, the additions, the transposes and slices, so
+             that activations stay uint8 between them (the norms and the mask activation stay
+             float32). The fastest (benchmarks/README.md).
 Layers named in `keep_float` (node-name prefixes, e.g. "separator.mask_conv", "encoder",
 "decoder") stay float32. The quantized file carries the float model's metadata, so every
 consumer (separate.py, eval.py, separate_onnx.py) runs it as it runs the float one.
@@ -16,7 +20,9 @@ import numpy as np
 
 from src.model_utils.errors import UserError
 
-SCHEMES = ("dynamic", "static")
+SCHEMES = ("dynamic", "static", "full")
+# Operators the full scheme quantizes (onnxruntime QDQ kernels); norms and mask activations stay float.
+FULL_OPS = ["MatMul", "Conv", "Add", "LeakyRelu", "Transpose", "Slice", "Pad", "Reshape", "Concat"]
 
 
 def training_mixtures(data_dir, split, count, seconds, sample_rate, seed=0):
@@ -94,7 +100,8 @@ def quantize_onnx(float_path, out_path, scheme, mixtures=None, keep_float=(),
             if not mixtures:
                 raise UserError("quantize: static quantization needs calibration mixtures")
             quantize_static(float_path, tmp, _reader(mixtures, "mixture"),
-                            quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                            quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=FULL_OPS if scheme == "full" else ["MatMul"],
                             per_channel=True, weight_type=QuantType.QInt8,
                             activation_type=QuantType.QUInt8, nodes_to_exclude=exclude,
                             calibrate_method=getattr(CalibrationMethod, calibrate_method))

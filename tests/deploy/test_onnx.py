@@ -252,7 +252,7 @@ def write_training_split(folder, count=6, rate=8000):
     return str(folder)
 
 
-@pytest.mark.parametrize("scheme", ["dynamic", "static"])
+@pytest.mark.parametrize("scheme", ["dynamic", "static", "full"])
 def test_quantized_models_run_close_to_float(tmp_path, scheme):
     from src.deploy.onnx_quantize import quantize_onnx, training_mixtures
 
@@ -270,6 +270,12 @@ def test_quantized_models_run_close_to_float(tmp_path, scheme):
                     if i.data_type == onnx.TensorProto.INT8 and "conv1x1.weight" in i.name
                     and len(i.dims) == 2}                     # the weights, not zero points
     assert len(int8_weights) == TINY["X"] * TINY["R"]        # every block's first 1x1 conv
+    # The full scheme also quantizes the depthwise convolutions; the norms stay float in all.
+    int8_depthwise = {i.name for i in model.graph.initializer
+                      if i.data_type == onnx.TensorProto.INT8 and "dconv.weight" in i.name
+                      and len(i.dims) == 3}
+    assert len(int8_depthwise) == (TINY["X"] * TINY["R"] if scheme == "full" else 0)
+    assert "LayerNormalization" in ops
     float_fn, int8_fn = load_onnx(float_path), load_onnx(out)
     assert int8_fn.settings == SETTINGS                     # consumers read the same settings
     x = mixtures[0][None]
