@@ -12,6 +12,8 @@ mixtures (SI-SNRi, SDRi, with the project's scoring: src/evaluation/evaluate.py)
     mindspore_replay  train.py's loop and training step from the asteroid arm's initial weights
                   on the asteroid arm's batches (same seed): separates the training step from
                   the initialisation and the data pipeline
+    mindspore_replay_msinit  the same from this project's initial weights (of the seed): separates
+                  the initialisation from the data pipeline
 Both frameworks take the model, crop length, batch, learning rate, clipping and weight decay from
 the same configuration (--config_path, default configs/demo_cpu.yaml); no LR halving, no early
 stop. Every run appends one record to --results (JSON) as soon as it is scored, so a stopped
@@ -42,7 +44,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from src.model_utils.atomic import write_json  # noqa: E402
 from src.model_utils.errors import UserError, run_main  # noqa: E402
 
-ARMS = ("asteroid", "mindspore", "mindspore_dm", "mindspore_replay")
+ARMS = ("asteroid", "mindspore", "mindspore_dm", "mindspore_replay", "mindspore_replay_msinit")
 CHILD_FLAG = "--_asteroid_run"
 INIT_FLAG = "--_asteroid_init"
 REPLAY_FLAG = "--_replay_run"
@@ -92,7 +94,7 @@ def asteroid_model_with_seed(spec):
 
 
 def asteroid_init(spec):
-    """Write the Asteroid arm's initial weights (its state_dict) to spec's out_dir/asteroid_init.pth."""
+    """Write the Asteroid arm's initial weights (state_dict) to spec's out_dir/asteroid_init.pth."""
     import torch
     torch.save(asteroid_model_with_seed(spec).state_dict(),
                os.path.join(spec["out_dir"], "asteroid_init.pth"))
@@ -199,7 +201,8 @@ def replay_run(spec):
     cfg = load_config(spec["config_args"])
     init_device(cfg)
     net = build_network(cfg)
-    load_weights(net, spec["init_ckpt"])
+    if spec["init_ckpt"]:
+        load_weights(net, spec["init_ckpt"])
     segment = int(round(cfg.segment * cfg.sample_rate))
     train = [x for x in read_split(cfg.data_dir, "train-360", cfg.n_src) if len(x[0]) >= segment]
     stream = ReplayStream(train, cfg.seed, cfg.batch_size, segment)
@@ -293,16 +296,19 @@ def run_mindspore(args, config_flags, arm, seed, out, log_path, data_dir, dev_in
     return score_mindspore(out, log_path, data_dir, dev_input)
 
 
-def run_replay(args, config_flags, spec, out, log_path, data_dir, dev_input):
-    """The replay arm: Asteroid's initial weights (torch process), converted, then replay_run
-    (started anew when interrupted: its batch stream does not resume)."""
+def run_replay(args, config_flags, spec, out, log_path, data_dir, dev_input, asteroid_init):
+    """The replay arms: with `asteroid_init` Asteroid's initial weights (torch process),
+    converted, else the project's; then replay_run (started anew when interrupted: its batch
+    stream does not resume)."""
     spec = dict(spec, out_dir=out)
-    run([args.torch_python, os.path.abspath(__file__), f"{INIT_FLAG}={json.dumps(spec)}"],
-        log_path)
-    init_ckpt = os.path.join(out, "asteroid_init.ckpt")
-    run([sys.executable, "convert_pytorch.py", f"--config_path={args.config_path}",
-         *config_flags, f"--src={os.path.join(out, 'asteroid_init.pth')}", f"--dst={init_ckpt}",
-         "--overwrite=true"], log_path)
+    init_ckpt = ""
+    if asteroid_init:
+        run([args.torch_python, os.path.abspath(__file__), f"{INIT_FLAG}={json.dumps(spec)}"],
+            log_path)
+        init_ckpt = os.path.join(out, "asteroid_init.ckpt")
+        run([sys.executable, "convert_pytorch.py", f"--config_path={args.config_path}",
+             *config_flags, f"--src={os.path.join(out, 'asteroid_init.pth')}",
+             f"--dst={init_ckpt}", "--overwrite=true"], log_path)
     flags = train_flags(args, config_flags, spec["seed"], out, data_dir) + ["--overwrite=true"]
     run([sys.executable, os.path.abspath(__file__),
          f"{REPLAY_FLAG}={json.dumps(dict(config_args=flags, init_ckpt=init_ckpt))}"], log_path)
@@ -346,7 +352,7 @@ def plot(records, path):
     from matplotlib.figure import Figure
     from src.model_utils.atomic import atomic_output
     colours = dict(asteroid="tab:orange", mindspore="tab:blue", mindspore_dm="tab:green",
-                   mindspore_replay="tab:purple")
+                   mindspore_replay="tab:purple", mindspore_replay_msinit="tab:brown")
     figure = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
@@ -439,9 +445,10 @@ def main(argv=None):
                 rows, scores = run_asteroid(args, dict(spec_base, seed=seed,
                                                        data_dir=data_dir), out, log_path,
                                             data_dir, dev_input)
-            elif arm == "mindspore_replay":
+            elif arm.startswith("mindspore_replay"):
                 rows, scores = run_replay(args, config_flags, dict(spec_base, seed=seed), out,
-                                          log_path, data_dir, dev_input)
+                                          log_path, data_dir, dev_input,
+                                          asteroid_init=arm == "mindspore_replay")
             else:
                 rows, scores = run_mindspore(args, config_flags, arm, seed, out, log_path,
                                              data_dir, dev_input)
