@@ -9,6 +9,7 @@ mixtures (SI-SNRi, SDRi, with the project's scoring: src/evaluation/evaluate.py)
                   --torch_python, an interpreter with torch and asteroid)
     mindspore     train.py on the stored mixtures
     mindspore_dm  train.py with dynamic mixing and speed perturbation (--dm_flags)
+    mindspore_json  train.py reading the WAVs through the JSON lists instead of MindRecord
     mindspore_replay  train.py's loop and training step from the asteroid arm's initial weights
                   on the asteroid arm's batches (same seed): separates the training step from
                   the initialisation and the data pipeline
@@ -44,7 +45,8 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from src.model_utils.atomic import write_json  # noqa: E402
 from src.model_utils.errors import UserError, run_main  # noqa: E402
 
-ARMS = ("asteroid", "mindspore", "mindspore_dm", "mindspore_replay", "mindspore_replay_msinit")
+ARMS = ("asteroid", "mindspore", "mindspore_dm", "mindspore_replay", "mindspore_replay_msinit",
+        "mindspore_json")
 CHILD_FLAG = "--_asteroid_run"
 INIT_FLAG = "--_asteroid_init"
 REPLAY_FLAG = "--_replay_run"
@@ -292,6 +294,8 @@ def run_mindspore(args, config_flags, arm, seed, out, log_path, data_dir, dev_in
     flags = train_flags(args, config_flags, seed, out, data_dir) + ["--resume=auto"]
     if arm == "mindspore_dm":
         flags += args.dm_flags.split()
+    if arm == "mindspore_json":
+        flags += ["--data_format=json"]
     run([sys.executable, "train.py", *flags], log_path)
     return score_mindspore(out, log_path, data_dir, dev_input)
 
@@ -352,7 +356,8 @@ def plot(records, path):
     from matplotlib.figure import Figure
     from src.model_utils.atomic import atomic_output
     colours = dict(asteroid="tab:orange", mindspore="tab:blue", mindspore_dm="tab:green",
-                   mindspore_replay="tab:purple", mindspore_replay_msinit="tab:brown")
+                   mindspore_replay="tab:purple", mindspore_replay_msinit="tab:brown",
+                   mindspore_json="tab:gray")
     figure = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
