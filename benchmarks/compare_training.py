@@ -10,6 +10,8 @@ mixtures (SI-SNRi, SDRi, with the project's scoring: src/evaluation/evaluate.py)
     mindspore     train.py on the stored mixtures
     mindspore_dm  train.py with dynamic mixing and speed perturbation (--dm_flags)
     mindspore_json  train.py reading the WAVs through the JSON lists instead of MindRecord
+    mindspore_replay_crops  as mindspore_replay_msinit, with train.py's crops in Asteroid's order
+    mindspore_replay_order  as mindspore_replay_msinit, with Asteroid's crops in train.py's order
     mindspore_replay  train.py's loop and training step from the asteroid arm's initial weights
                   on the asteroid arm's batches (same seed): separates the training step from
                   the initialisation and the data pipeline
@@ -46,7 +48,11 @@ from src.model_utils.atomic import write_json  # noqa: E402
 from src.model_utils.errors import UserError, run_main  # noqa: E402
 
 ARMS = ("asteroid", "mindspore", "mindspore_dm", "mindspore_replay", "mindspore_replay_msinit",
-        "mindspore_json")
+        "mindspore_json", "mindspore_replay_crops", "mindspore_replay_order")
+# replay arms from this project's initial weights: {arm: (crops, order)} of their batch stream
+REPLAY_MIXES = {"mindspore_replay_msinit": ("asteroid", "asteroid"),
+                "mindspore_replay_crops": ("batcher", "asteroid"),
+                "mindspore_replay_order": ("asteroid", "mindspore")}
 CHILD_FLAG = "--_asteroid_run"
 INIT_FLAG = "--_asteroid_init"
 REPLAY_FLAG = "--_replay_run"
@@ -172,20 +178,65 @@ def asteroid_run(spec):
 # ---------------------------------------------------------------- replay arm (project process)
 
 class ReplayStream:
-    """The Asteroid arm's batch stream as a GeneratorDataset source: each iteration is the next
+    """A batch stream for the replay arms as a GeneratorDataset source: each iteration is the next
     epoch (the generator's state carries over), rows (mixture [batch, S], sources [batch, C, S],
-    lengths [batch]) already batched."""
+    lengths [batch]) already batched.
 
-    def __init__(self, train, seed, batch, segment):
+    By default the Asteroid arm's stream (asteroid_epoch). `crops="batcher"` crops as train.py's
+    pipeline does (src.data.dataset.crop_start of the seed, the epoch and the mixture's id);
+    `orders` (one list of mixture ids per epoch) replaces the permutations by that order.
+    """
+
+    def __init__(self, train, seed, batch, segment, ids=None, crops="asteroid", orders=None):
         self.train, self.batch, self.segment = train, batch, segment
+        self.seed, self.ids, self.crops, self.orders = seed, ids, crops, orders
         self.rng = np.random.default_rng(seed)
+        self.epoch = 0
 
     def __len__(self):
         return len(self.train) // self.batch
 
     def __iter__(self):
-        for mixtures, sources in asteroid_epoch(self.train, self.rng, self.batch, self.segment):
+        if self.crops == "asteroid" and self.orders is None:
+            batches = asteroid_epoch(self.train, self.rng, self.batch, self.segment)
+        else:
+            batches = self._mixed_epoch()
+        for mixtures, sources in batches:
             yield mixtures, sources, np.full(len(mixtures), self.segment, np.int32)
+        self.epoch += 1
+
+    def _mixed_epoch(self):
+        from src.data.dataset import crop_start
+        if self.orders is None:
+            order = self.rng.permutation(len(self.train))
+        else:
+            position = {mid: i for i, mid in enumerate(self.ids)}
+            order = [position[mid] for mid in self.orders[self.epoch]]
+        for step in range(len(self)):
+            mixtures, sources = [], []
+            for i in order[step * self.batch:(step + 1) * self.batch]:
+                mixture, refs = self.train[i]
+                if self.crops == "batcher" and len(mixture) > self.segment:
+                    start = crop_start(self.seed, self.epoch, self.ids[i], len(mixture),
+                                       self.segment)
+                else:
+                    start = int(self.rng.integers(0, len(mixture) - self.segment + 1))
+                mixtures.append(mixture[start:start + self.segment])
+                sources.append(refs[:, start:start + self.segment])
+            yield np.stack(mixtures), np.stack(sources)
+
+
+def mindspore_orders(cfg, epochs):
+    """The mixture ids of train.py's MindRecord pipeline, per epoch, in its order (the same
+    sampler and seed as src.data.dataset.create_train_dataset)."""
+    import mindspore.dataset as ds
+    from src.data.librimix import load_split
+    split = load_split(cfg.data_dir, "train-360", cfg.n_src, cfg.sample_rate)
+    ds.config.set_seed(cfg.seed)
+    rows = ds.MindDataset(split.mindrecord_files, columns_list=["mixture_id"],
+                          sampler=ds.DistributedSampler(1, 0, shuffle=True))
+    iterator = rows.create_tuple_iterator(output_numpy=True, num_epochs=epochs)
+    return [[str(row[0]) for row in iterator] for _ in range(epochs)]
 
 
 def replay_run(spec):
@@ -206,8 +257,14 @@ def replay_run(spec):
     if spec["init_ckpt"]:
         load_weights(net, spec["init_ckpt"])
     segment = int(round(cfg.segment * cfg.sample_rate))
-    train = [x for x in read_split(cfg.data_dir, "train-360", cfg.n_src) if len(x[0]) >= segment]
-    stream = ReplayStream(train, cfg.seed, cfg.batch_size, segment)
+    train = read_split(cfg.data_dir, "train-360", cfg.n_src)
+    with open(os.path.join(cfg.data_dir, "train-360", "ids.json"), encoding="utf-8") as f:
+        ids = json.load(f)
+    keep = [i for i, x in enumerate(train) if len(x[0]) >= segment]
+    train, ids = [train[i] for i in keep], [ids[i] for i in keep]
+    orders = mindspore_orders(cfg, cfg.epochs) if spec.get("order") == "mindspore" else None
+    stream = ReplayStream(train, cfg.seed, cfg.batch_size, segment, ids,
+                          spec.get("crops", "asteroid"), orders)
     train_set = ds.GeneratorDataset(stream, column_names=["mixture", "sources", "lengths"],
                                     shuffle=False, num_parallel_workers=1,
                                     python_multiprocessing=False)
@@ -300,13 +357,13 @@ def run_mindspore(args, config_flags, arm, seed, out, log_path, data_dir, dev_in
     return score_mindspore(out, log_path, data_dir, dev_input)
 
 
-def run_replay(args, config_flags, spec, out, log_path, data_dir, dev_input, asteroid_init):
+def run_replay(args, config_flags, spec, out, log_path, data_dir, dev_input, arm):
     """The replay arms: with `asteroid_init` Asteroid's initial weights (torch process),
     converted, else the project's; then replay_run (started anew when interrupted: its batch
     stream does not resume)."""
     spec = dict(spec, out_dir=out)
     init_ckpt = ""
-    if asteroid_init:
+    if arm == "mindspore_replay":
         run([args.torch_python, os.path.abspath(__file__), f"{INIT_FLAG}={json.dumps(spec)}"],
             log_path)
         init_ckpt = os.path.join(out, "asteroid_init.ckpt")
@@ -314,8 +371,10 @@ def run_replay(args, config_flags, spec, out, log_path, data_dir, dev_input, ast
              *config_flags, f"--src={os.path.join(out, 'asteroid_init.pth')}",
              f"--dst={init_ckpt}", "--overwrite=true"], log_path)
     flags = train_flags(args, config_flags, spec["seed"], out, data_dir) + ["--overwrite=true"]
+    crops, order = REPLAY_MIXES.get(arm, ("asteroid", "asteroid"))
     run([sys.executable, os.path.abspath(__file__),
-         f"{REPLAY_FLAG}={json.dumps(dict(config_args=flags, init_ckpt=init_ckpt))}"], log_path)
+         f"{REPLAY_FLAG}=" + json.dumps(dict(config_args=flags, init_ckpt=init_ckpt,
+                                             crops=crops, order=order))], log_path)
     return score_mindspore(out, log_path, data_dir, dev_input)
 
 
@@ -357,7 +416,8 @@ def plot(records, path):
     from src.model_utils.atomic import atomic_output
     colours = dict(asteroid="tab:orange", mindspore="tab:blue", mindspore_dm="tab:green",
                    mindspore_replay="tab:purple", mindspore_replay_msinit="tab:brown",
-                   mindspore_json="tab:gray")
+                   mindspore_json="tab:gray", mindspore_replay_crops="tab:olive",
+                   mindspore_replay_order="tab:cyan")
     figure = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
@@ -452,8 +512,7 @@ def main(argv=None):
                                             data_dir, dev_input)
             elif arm.startswith("mindspore_replay"):
                 rows, scores = run_replay(args, config_flags, dict(spec_base, seed=seed), out,
-                                          log_path, data_dir, dev_input,
-                                          asteroid_init=arm == "mindspore_replay")
+                                          log_path, data_dir, dev_input, arm)
             else:
                 rows, scores = run_mindspore(args, config_flags, arm, seed, out, log_path,
                                              data_dir, dev_input)

@@ -217,6 +217,14 @@ class _WavRows:
         return np.array(self.ids[i]), signals[0], np.stack(signals[1:])
 
 
+def crop_start(seed, epoch, mixture_id, length, width):
+    """Where the training crop of `width` samples of mixture `mixture_id` ([length] samples,
+    length > width) starts at `epoch` (0 for the first): uniform, drawn from seed, epoch and the
+    id only."""
+    rng = np.random.default_rng([seed, epoch, zlib.crc32(str(mixture_id).encode())])
+    return int(rng.integers(0, length - width + 1))
+
+
 class _Batcher:
     """per_batch_map: decodes rows, crops them (segment) or keeps them whole (segment None), pads."""
 
@@ -240,8 +248,7 @@ class _Batcher:
             length = mix.shape[0]
             width = length if self.segment is None else self.segment
             if length > width:
-                rng = np.random.default_rng([self.seed, epoch, zlib.crc32(str(mid).encode())])
-                start = int(rng.integers(0, length - width + 1))
+                start = crop_start(self.seed, epoch, mid, length, width)
                 mix, src, length = mix[start:start + width], src[:, start:start + width], width
             elif length < width:
                 mix = np.pad(mix, (0, width - length))
