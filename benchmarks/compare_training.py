@@ -10,13 +10,13 @@ mixtures (SI-SNRi, SDRi, with the project's scoring: src/evaluation/evaluate.py)
     mindspore     train.py on the stored mixtures
     mindspore_dm  train.py with dynamic mixing and speed perturbation (--dm_flags)
     mindspore_json  train.py reading the WAVs through the JSON lists instead of MindRecord
-    mindspore_replay_crops  as mindspore_replay_msinit, with train.py's crops in Asteroid's order
-    mindspore_replay_order  as mindspore_replay_msinit, with Asteroid's crops in train.py's order
     mindspore_replay  train.py's loop and training step from the asteroid arm's initial weights
                   on the asteroid arm's batches (same seed): separates the training step from
                   the initialisation and the data pipeline
     mindspore_replay_msinit  the same from this project's initial weights (of the seed): separates
                   the initialisation from the data pipeline
+    mindspore_replay_crops  as mindspore_replay_msinit, with train.py's crops in Asteroid's order
+    mindspore_replay_order  as mindspore_replay_msinit, with Asteroid's crops in train.py's order
 Both frameworks take the model, crop length, batch, learning rate, clipping and weight decay from
 the same configuration (--config_path, default configs/demo_cpu.yaml); no LR halving, no early
 stop. Every run appends one record to --results (JSON) as soon as it is scored, so a stopped
@@ -77,16 +77,19 @@ def read_split(data_dir, split, n_src):
             for i, mix in enumerate(mixtures)]
 
 
-def asteroid_epoch(train, rng, batch, segment):
+def asteroid_epoch(train, rng, batch, segment, order=None, crop=None):
     """One epoch of the Asteroid arm's batches: (mixtures [batch, segment], sources [batch, C,
     segment]) per step, drawn from `rng` (numpy Generator): a permutation of `train`, then one
-    random crop per mixture. The replay arm draws the same stream."""
-    order = rng.permutation(len(train))
+    random crop per mixture. The replay arms draw the same stream, or replace the permutation by
+    `order` (positions in `train`) or the crops by `crop(i, length)` -> start."""
+    if order is None:
+        order = rng.permutation(len(train))
     for step in range(len(train) // batch):
         mixtures, sources = [], []
         for i in order[step * batch:(step + 1) * batch]:
             mixture, refs = train[i]
-            start = int(rng.integers(0, len(mixture) - segment + 1))
+            start = (int(rng.integers(0, len(mixture) - segment + 1)) if crop is None
+                     else crop(i, len(mixture)))
             mixtures.append(mixture[start:start + segment])
             sources.append(refs[:, start:start + segment])
         yield np.stack(mixtures), np.stack(sources)
@@ -197,52 +200,40 @@ class ReplayStream:
         return len(self.train) // self.batch
 
     def __iter__(self):
-        if self.crops == "asteroid" and self.orders is None:
-            batches = asteroid_epoch(self.train, self.rng, self.batch, self.segment)
-        else:
-            batches = self._mixed_epoch()
-        for mixtures, sources in batches:
-            yield mixtures, sources, np.full(len(mixtures), self.segment, np.int32)
-        self.epoch += 1
-
-    def _mixed_epoch(self):
         from src.data.dataset import crop_start
-        if self.orders is None:
-            order = self.rng.permutation(len(self.train))
-        else:
+        order = crop = None
+        if self.orders is not None:
             position = {mid: i for i, mid in enumerate(self.ids)}
             order = [position[mid] for mid in self.orders[self.epoch]]
-        for step in range(len(self)):
-            mixtures, sources = [], []
-            for i in order[step * self.batch:(step + 1) * self.batch]:
-                mixture, refs = self.train[i]
-                if self.crops == "batcher" and len(mixture) > self.segment:
-                    start = crop_start(self.seed, self.epoch, self.ids[i], len(mixture),
-                                       self.segment)
-                else:
-                    start = int(self.rng.integers(0, len(mixture) - self.segment + 1))
-                mixtures.append(mixture[start:start + self.segment])
-                sources.append(refs[:, start:start + self.segment])
-            yield np.stack(mixtures), np.stack(sources)
+        if self.crops == "batcher":
+            def crop(i, length):
+                if length == self.segment:
+                    return 0
+                return crop_start(self.seed, self.epoch, self.ids[i], length, self.segment)
+        for mixtures, sources in asteroid_epoch(self.train, self.rng, self.batch, self.segment,
+                                                order, crop):
+            yield mixtures, sources, np.full(len(mixtures), self.segment, np.int32)
+        self.epoch += 1
 
 
 def mindspore_orders(cfg, epochs):
     """The mixture ids of train.py's MindRecord pipeline, per epoch, in its order (the same
     sampler and seed as src.data.dataset.create_train_dataset)."""
     import mindspore.dataset as ds
+    from src.data.dataset import train_sampler
     from src.data.librimix import load_split
     split = load_split(cfg.data_dir, "train-360", cfg.n_src, cfg.sample_rate)
-    ds.config.set_seed(cfg.seed)
+    keep = split.lengths >= int(round(cfg.segment * cfg.sample_rate))
     rows = ds.MindDataset(split.mindrecord_files, columns_list=["mixture_id"],
-                          sampler=ds.DistributedSampler(1, 0, shuffle=True))
+                          sampler=train_sampler(cfg, split, keep))
     iterator = rows.create_tuple_iterator(output_numpy=True, num_epochs=epochs)
     return [[str(row[0]) for row in iterator] for _ in range(epochs)]
 
 
 def replay_run(spec):
     """train.py's loop (src/training/trainer.fit: the project's training step, validation,
-    checkpoints and curves) from the Asteroid arm's initial weights on the Asteroid arm's batch
-    stream: what is left of a difference between the two arms is in their training steps."""
+    checkpoints and curves) on a ReplayStream (spec's crops and order), from the weights in
+    spec's init_ckpt (Asteroid's, converted) or the project's own initialisation."""
     import mindspore.dataset as ds
     from src.data.dataset import create_eval_dataset
     from src.model.build import build_network
@@ -358,9 +349,9 @@ def run_mindspore(args, config_flags, arm, seed, out, log_path, data_dir, dev_in
 
 
 def run_replay(args, config_flags, spec, out, log_path, data_dir, dev_input, arm):
-    """The replay arms: with `asteroid_init` Asteroid's initial weights (torch process),
-    converted, else the project's; then replay_run (started anew when interrupted: its batch
-    stream does not resume)."""
+    """A replay arm: for mindspore_replay Asteroid's initial weights (torch process), converted,
+    else the project's; then replay_run with the arm's crops and order (REPLAY_MIXES; started
+    anew when interrupted: its batch stream does not resume)."""
     spec = dict(spec, out_dir=out)
     init_ckpt = ""
     if arm == "mindspore_replay":

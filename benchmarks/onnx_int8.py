@@ -10,7 +10,8 @@ src/deploy/onnx_quantize.py (the calibrated ones on `calibration_mixtures` train
 set), scores every model on the whole utterances of `test_name` with the project's evaluation
 (src.evaluation), and times each in a process of its own that imports only onnxruntime and numpy
 (its peak RSS is then the model's, not MindSpore's) on a clip of each length made of test
-mixtures end to end. RTF is the median over `repeats` calls after a warm-up call. Prints a Markdown table; --out writes JSON.
+mixtures end to end. RTF is the median over `repeats` calls after a warm-up call. Prints a
+Markdown table; --out writes JSON.
 """
 import argparse
 import json

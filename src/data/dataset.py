@@ -62,12 +62,7 @@ def create_train_dataset(cfg, rank_id=0, rank_size=1):
         raise UserError(f"{split.split_dir}: {int(keep.sum())} usable training mixtures "
                         f"(short_policy={cfg.short_policy}, segment={cfg.segment} s), need at least "
                         f"batch_size x ranks = {needed}")
-    ds.config.set_seed(cfg.seed)
-    sampler = ds.DistributedSampler(rank_size, rank_id, shuffle=True)
-    rows = _row_positions(split, cfg.data_format, np.flatnonzero(keep))
-    if len(rows) < len(split.ids):
-        sampler.add_child(ds.SubsetSampler(rows.tolist()))
-    data = _rows_dataset(split, cfg, sampler)
+    data = _rows_dataset(split, cfg, train_sampler(cfg, split, keep, rank_id, rank_size))
     batcher = _Batcher(split.info["encoding"], cfg.n_src, segment, cfg.seed)
     if cfg.swap_sources:
         batcher = SourceOrderSwap(batcher, cfg.seed)
@@ -76,6 +71,17 @@ def create_train_dataset(cfg, rank_id=0, rank_size=1):
                       num_parallel_workers=_workers(cfg))
     data.data_files = _data_files(split, cfg)
     return data
+
+
+def train_sampler(cfg, split, keep, rank_id=0, rank_size=1):
+    """The sampler of the training rows `keep` (a mask over split.ids) for one rank: shuffled anew
+    every epoch from the global seed, which this sets to cfg.seed, and split between ranks."""
+    ds.config.set_seed(cfg.seed)
+    sampler = ds.DistributedSampler(rank_size, rank_id, shuffle=True)
+    rows = _row_positions(split, cfg.data_format, np.flatnonzero(keep))
+    if len(rows) < len(split.ids):
+        sampler.add_child(ds.SubsetSampler(rows.tolist()))
+    return sampler
 
 
 def create_eval_dataset(cfg, split, max_seconds=0.0):

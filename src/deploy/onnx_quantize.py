@@ -21,7 +21,8 @@ import numpy as np
 from src.model_utils.errors import UserError
 
 SCHEMES = ("dynamic", "static", "full")
-# Operators the full scheme quantizes (onnxruntime QDQ kernels); norms and mask activations stay float.
+# Operators the full scheme quantizes (onnxruntime's QDQ kernels); the norms and the mask
+# activation are not among them and stay float32.
 FULL_OPS = ["MatMul", "Conv", "Add", "LeakyRelu", "Transpose", "Slice", "Pad", "Reshape", "Concat"]
 
 

@@ -230,7 +230,6 @@ class _Block:
         return out[:, :self.B], out[:, self.B:]
 
 
-
 class StreamingSeparator:
     """A causal Conv-TasNet separating a mixture hop by hop (module docstring).
 
@@ -262,11 +261,9 @@ class StreamingSeparator:
         self.blocks = [_Block(params, f"{p}blocks.{i}.", 2 ** (i % X), self.use_skip,
                               self.kernels) for i in range(R * X)]
         if self.kernels is not None:
-            # All blocks' structures in one array, run by one call per hop; each block's `state`
-            # becomes its element (a view), the one copy that stream_block.cc updates.
+            # The blocks' structures (copies; their arrays stay the blocks') in one array, which
+            # stream_blocks runs in one call per hop and in which it keeps each ring's start.
             self.block_states = (_StreamBlock * len(self.blocks))(*[b.state for b in self.blocks])
-            for i, block in enumerate(self.blocks):
-                block.state = self.block_states[i]
         self.mask_slope = _array(params, p + "mask_prelu.w")
         self.mask_conv = _Product(params, p + "mask_conv", self.kernels)
         # The padded input from the next frame's start: the causal zeros (+ edge_pad) in front.

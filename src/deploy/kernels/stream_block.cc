@@ -6,8 +6,9 @@
 // depthwise convolution, residual and skip sums) in one call.
 //
 // cLN statistics as in the offline model: per frame the sum and sum of squares over the channels
-// (float32), accumulated over all frames so far in double (`sums` = {sum, sum of squares}, carried between
-// calls), count = frames so far * channels, var = E[x^2] - E[x]^2 (not below 0), eps 1e-8.
+// (float32), accumulated over all frames so far in double (`sums` = {sum, sum of squares},
+// carried between calls), count = frames so far * channels, var = E[x^2] - E[x]^2 (not below 0),
+// eps 1e-8.
 #include <cmath>
 #include <cstdint>
 #include <vector>
