@@ -9,7 +9,8 @@ from src.model_utils.errors import UserError
 def init_device(cfg, mode=ms.GRAPH_MODE, device_target=None):
     """Set up this process for an entry point: the device (`device_target`, default
     `cfg.device_target`, and `cfg.device_id` outside a launcher), the execution mode, graph-kernel
-    fusion on CPU (cfg.cpu_graph_kernel) and the seed (cfg.seed). Once per process.
+    fusion and the operators' threads on CPU (cfg.cpu_graph_kernel, cfg.cpu_threads) and the seed
+    (cfg.seed). Once per process.
 
     Raises UserError when this machine has no such device, instead of MindSpore's C++ stack.
     """
@@ -30,7 +31,28 @@ def init_device(cfg, mode=ms.GRAPH_MODE, device_target=None):
         # then read in place instead of copied. It applies to graphs with static shapes.
         ms.set_context(enable_graph_kernel=True,
                        graph_kernel_flags="--enable_cluster_ops=StridedSlice")
+    if target == "CPU":
+        set_cpu_threads(getattr(cfg, "cpu_threads", 0))
     ms.set_seed(cfg.seed)
+
+
+def set_cpu_threads(count):
+    """Run MindSpore's CPU operators on `count` threads (0: one per CPU this process may use).
+
+    MindSpore's default is 25 threads whatever the machine: on a small one they and the data
+    pipeline's workers take turns on the same cores (benchmarks/README.md measures the cost).
+    MindSpore accepts the setting once per process; a later call keeps the first count.
+    Returns the count in force.
+    """
+    global _CPU_THREADS
+    if _CPU_THREADS is None:
+        usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        _CPU_THREADS = count or (len(usable) if usable else os.cpu_count() or 1)
+        ms.device_context.cpu.op_tuning.threads_num(_CPU_THREADS)
+    return _CPU_THREADS
+
+
+_CPU_THREADS = None
 
 
 def available_devices():

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -61,6 +62,32 @@ def test_unavailable_device_is_a_clear_error():
     cfg = load_config(["--device_target=Ascend"])
     with pytest.raises(UserError, match="Ascend is not available on this machine"):
         init_device(cfg)
+
+
+def test_cpu_threads_default_is_one_per_usable_cpu_and_set_once(monkeypatch):
+    from src.model_utils import device
+    calls = []
+    monkeypatch.setattr(device.ms.device_context.cpu.op_tuning, "threads_num", calls.append)
+    monkeypatch.setattr(device, "_CPU_THREADS", None)
+    init_device(load_config([]))
+    assert calls == [len(os.sched_getaffinity(0))]
+    assert device.set_cpu_threads(5) == calls[0] and len(calls) == 1   # MindSpore allows one
+    monkeypatch.setattr(device, "_CPU_THREADS", None)
+    init_device(load_config(["--cpu_threads=3"]))
+    assert calls[-1] == 3
+
+
+def test_cpu_threads_accepted_by_mindspore_in_a_fresh_process():
+    code = ("import numpy as np, mindspore as ms\n"
+            "from src.model_utils.config import load_config\n"
+            "from src.model_utils.device import init_device\n"
+            "cfg = load_config(['--cpu_threads=1'])\n"
+            "init_device(cfg, ms.PYNATIVE_MODE)\n"
+            "init_device(cfg, ms.PYNATIVE_MODE)\n"
+            "print(float((ms.Tensor(np.ones(4, np.float32)) * 2).sum()))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "8.0"
 
 
 def test_user_error_is_one_line_without_traceback():
