@@ -4,7 +4,8 @@ Generates a synthetic LibriMix, preprocesses it into both formats, then times fu
 training pipeline (random crops, batches), of the training pipeline with dynamic mixing (new
 mixtures made from the sources, with speed perturbation and gains), and of the evaluation
 pipeline (whole utterances).
-Prints one JSON object. MB/s is the audio read per second: whole utterances (mixture and sources,
+Prints one JSON object. cpu_ms_per_mixture is the CPU time of the whole process (all its threads)
+per mixture delivered: what the pipeline takes from a training step sharing the cores. MB/s is the audio read per second: whole utterances (mixture and sources,
 16-bit samples as stored), also for training, which reads whole rows and crops them.
 
     python benchmarks/bench_loader.py [--mixtures 200] [--epochs 3] [--workers 2] [--work_dir DIR]
@@ -29,17 +30,18 @@ from src.data.preparation import prepare_dataset  # noqa: E402
 
 
 def timed_pass(dataset, epochs):
-    """(rows, samples delivered, seconds) over `epochs` passes, after one warm-up pass."""
+    """(rows, samples delivered, seconds, CPU seconds of the whole process) over `epochs` passes,
+    after one warm-up pass."""
     iterator = dataset.create_tuple_iterator(output_numpy=True, num_epochs=epochs + 1)
     for _ in iterator:   # the first epoch warms up the workers and the page cache
         pass
     rows = samples = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(epochs):
         for mixture, sources, lengths in iterator:
             rows += mixture.shape[0]
             samples += int(lengths.sum()) * (1 + sources.shape[1])
-    return rows, samples, time.perf_counter() - start
+    return rows, samples, time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def main():
@@ -73,11 +75,12 @@ def main():
         for name, dataset in (("train", create_train_dataset(cfg)),
                               ("train_dynamic_mixing", create_train_dataset(mixing)),
                               ("eval", create_eval_dataset(cfg, "train-360")[0])):
-            rows, samples, seconds = timed_pass(dataset, args.epochs)
+            rows, samples, seconds, cpu_seconds = timed_pass(dataset, args.epochs)
             if name == "train":   # rows are crops of whole utterances: count what was read
                 samples = rows * float(index.lengths.mean()) * 3
             results[f"{fmt}_{name}"] = {"mixtures_per_s": round(rows / seconds, 1),
-                                        "MB_per_s": round(samples * 2 / seconds / 1e6, 2)}
+                                        "MB_per_s": round(samples * 2 / seconds / 1e6, 2),
+                                        "cpu_ms_per_mixture": round(1000 * cpu_seconds / rows, 2)}
             if name == "train_dynamic_mixing":   # reads whole source utterances, not whole rows
                 del results[f"{fmt}_{name}"]["MB_per_s"]
     print(json.dumps(results, indent=1))

@@ -21,7 +21,10 @@ Both frameworks take the model, crop length, batch, learning rate, clipping and 
 the same configuration (--config_path, default configs/demo_cpu.yaml); no LR halving, no early
 stop. Every run appends one record to --results (JSON) as soon as it is scored, so a stopped
 benchmark resumes with the runs it has not done (a run stopped mid-way resumes from its last
-epoch); --png gets every run's training-loss and validation curves.
+epoch); --png gets every run's training-loss and validation curves. Scores are SI-SNRi and SDRi
+(BSS Eval). When --test_mixtures changes, the test split is rebuilt with that many mixtures of the
+same test speakers (train-360 and dev unchanged) and the recorded runs are scored again from their
+last weights, without training (the earlier scores stay in each record, under earlier_tests).
 
     python benchmarks/compare_training.py --librispeech DIR --work_dir DIR
         --torch_python PATH [--seeds 1,2,3] [--epochs 5] [--arms asteroid,mindspore,mindspore_dm]
@@ -276,22 +279,55 @@ def run(command, log_path):
 
 
 def prepare_data(args, log_path):
-    """The preprocessed mini LibriMix under work_dir (built the first time); its data_dir."""
+    """The preprocessed mini LibriMix under work_dir (built the first time); its data_dir.
+
+    When the test split holds another number of mixtures than --test_mixtures, a larger (or
+    smaller) test split replaces it: the set is built again with the same seed (its test pairs
+    are drawn last, so train-360 and dev come out the same, which is checked) and only its test
+    split is preprocessed.
+    """
     mini = os.path.join(args.work_dir, "mini")
     data_dir = os.path.join(args.work_dir, "data")
     if not os.path.isdir(os.path.join(mini, "Libri2Mix")):
-        run([sys.executable, "benchmarks/make_minilibrimix.py", "--librispeech", args.librispeech,
-             "--out_dir", mini, "--dev_speakers", str(args.dev_speakers),
-             "--test_speakers", str(args.test_speakers),
-             "--train_mixtures", str(args.train_mixtures), "--dev_mixtures",
-             str(args.dev_mixtures), "--test_mixtures", str(args.test_mixtures),
-             "--dev_max_seconds", str(args.dev_max_seconds), "--seed", str(args.data_seed)],
-            log_path)
+        make_minilibrimix(args, mini, log_path)
     if not os.path.isfile(os.path.join(data_dir, "test", "info.json")):
         run([sys.executable, "preprocess.py", "--in_dir", os.path.join(mini, "Libri2Mix"),
              "--out_dir", data_dir, "--splits", "[train-360,dev,test]", "--overwrite=true",
              "--preprocess_workers=1"], log_path)
+    if test_size(data_dir) != args.test_mixtures:
+        other = os.path.join(args.work_dir, f"mini-test{args.test_mixtures}")
+        if not os.path.isdir(os.path.join(other, "Libri2Mix")):
+            make_minilibrimix(args, other, log_path)
+        for split in ("train-360", "dev"):
+            if mixture_names(other, split) != mixture_names(mini, split):
+                raise UserError(f"{other}: its {split} differs from {mini}'s; build the "
+                                "benchmark in a new --work_dir")
+        run([sys.executable, "preprocess.py", "--in_dir", os.path.join(other, "Libri2Mix"),
+             "--out_dir", data_dir, "--splits", "[test]", "--overwrite=true",
+             "--preprocess_workers=1"], log_path)
     return data_dir
+
+
+def make_minilibrimix(args, out_dir, log_path):
+    run([sys.executable, "benchmarks/make_minilibrimix.py", "--librispeech", args.librispeech,
+         "--out_dir", out_dir, "--dev_speakers", str(args.dev_speakers),
+         "--test_speakers", str(args.test_speakers),
+         "--train_mixtures", str(args.train_mixtures), "--dev_mixtures",
+         str(args.dev_mixtures), "--test_mixtures", str(args.test_mixtures),
+         "--dev_max_seconds", str(args.dev_max_seconds), "--seed", str(args.data_seed)],
+        log_path)
+
+
+def test_size(data_dir):
+    with open(os.path.join(data_dir, "test", "info.json"), encoding="utf-8") as f:
+        return json.load(f)["mixtures"]
+
+
+def mixture_names(mini, split):
+    """The mixture files of `split` in a mini LibriMix built by make_minilibrimix.py."""
+    import glob
+    return sorted(os.path.basename(p) for p in glob.glob(
+        os.path.join(mini, "Libri2Mix", "wav*k", "min", split, "mix_clean", "*.wav")))
 
 
 def input_si_snr(data_dir, split, n_src):
@@ -374,13 +410,30 @@ def score_mindspore(out, log_path, data_dir, dev_input):
     weights)."""
     run([sys.executable, "eval.py", f"--config_path={os.path.join(out, 'config.yaml')}",
          f"--ckpt_file={os.path.join(out, 'conv_tasnet-last.ckpt')}", f"--data_dir={data_dir}",
-         f"--output_dir={out}", "--test_name=test"], log_path)
+         f"--output_dir={out}", "--test_name=test", "--metrics=[sdr]"], log_path)
     with open(os.path.join(out, "curves.json"), encoding="utf-8") as f:
         rows = json.load(f)
     for row in rows:
         row["valid_loss"] = -row["valid_si_snri"] - dev_input
     with open(os.path.join(out, "eval_test", "eval_summary.json"), encoding="utf-8") as f:
         return rows, json.load(f)
+
+
+def score_run(args, arm, spec, out, log_path, data_dir):
+    """The test scores of a finished run's last weights on the current test split (after the
+    test split changed): Asteroid's saved state through its child process (which then skips the
+    training it has done), or eval.py on the project's last checkpoint."""
+    if arm == "asteroid":
+        run([args.torch_python, os.path.abspath(__file__),
+             f"{CHILD_FLAG}={json.dumps(dict(spec, out_dir=out))}"], log_path)
+        return score_estimates(os.path.join(out, "test_estimates.npz"), data_dir,
+                               spec["model"]["n_src"])
+    return score_mindspore(out, log_path, data_dir, 0.0)[1]
+
+
+def without_test_size(budget):
+    """A budget without its test split's size: runs are comparable (and re-scored) across it."""
+    return {k: v for k, v in budget.items() if k != "test_mixtures"}
 
 
 def summarize_arms(records):
@@ -454,7 +507,7 @@ def main(argv=None):
     parser.add_argument("--log_interval", type=int, default=50)
     parser.add_argument("--train_mixtures", type=int, default=400)
     parser.add_argument("--dev_mixtures", type=int, default=20)
-    parser.add_argument("--test_mixtures", type=int, default=20)
+    parser.add_argument("--test_mixtures", type=int, default=200)
     parser.add_argument("--dev_speakers", type=int, default=40)
     parser.add_argument("--test_speakers", type=int, default=40)
     parser.add_argument("--dev_max_seconds", type=float, default=3.0)
@@ -487,8 +540,29 @@ def main(argv=None):
     if os.path.isfile(args.results):
         with open(args.results, encoding="utf-8") as f:
             results = json.load(f)
-        if results["budget"] != budget:
+        if without_test_size(results["budget"]) != without_test_size(budget):
             raise UserError(f"{args.results}: holds runs of another budget; use another --results")
+        results["budget"] = budget
+
+    def save():
+        results["summary"] = summarize_arms(results["records"])
+        write_json(args.results, results)
+        plot(results["records"], args.png)
+
+    for record in results["records"]:
+        if record.get("test_mixtures", 20) != args.test_mixtures:
+            out = os.path.join(os.path.abspath(args.work_dir), "runs",
+                               f"{record['arm']}-seed{record['seed']}")
+            print(f"{time.strftime('%H:%M:%S')} scoring {record['arm']} seed {record['seed']} "
+                  f"on {args.test_mixtures} test mixtures", flush=True)
+            scores = score_run(args, record["arm"], dict(spec_base, seed=record["seed"],
+                                                         data_dir=data_dir), out, log_path,
+                               data_dir)
+            record.setdefault("earlier_tests", []).append(
+                {k: record.get(k, 20) for k in ("test_mixtures", "si_snri", "sdri")})
+            record.update(si_snri=scores["si_snri"], sdri=scores["sdri"],
+                          test_mixtures=args.test_mixtures)
+            save()
     for seed in seeds:
         for arm in arms:
             if any(r["arm"] == arm and r["seed"] == seed for r in results["records"]):
@@ -508,14 +582,13 @@ def main(argv=None):
                 rows, scores = run_mindspore(args, config_flags, arm, seed, out, log_path,
                                              data_dir, dev_input)
             record = dict(arm=arm, seed=seed, si_snri=scores["si_snri"], sdri=scores["sdri"],
+                          test_mixtures=args.test_mixtures,
                           final_train_loss=rows[-1]["train_loss"],
                           final_valid_loss=rows[-1]["valid_loss"], ms_per_step=ms_per_step(rows),
                           steps=int(sum(r["steps"] for r in rows)),
                           wall_s=round(time.time() - started), curves=rows, machine=machine())
             results["records"].append(record)
-            results["summary"] = summarize_arms(results["records"])
-            write_json(args.results, results)
-            plot(results["records"], args.png)
+            save()
             print(f"  SI-SNRi {record['si_snri']:.2f} dB, SDRi {record['sdri']:.2f} dB, "
                   f"{record['ms_per_step']:.0f} ms/step, {record['wall_s']} s", flush=True)
     print(json.dumps(results.get("summary", {}), indent=1))

@@ -69,25 +69,28 @@ def test_cpu_threads_default_is_one_per_usable_cpu_and_set_once(monkeypatch):
     calls = []
     monkeypatch.setattr(device.ms.device_context.cpu.op_tuning, "threads_num", calls.append)
     monkeypatch.setattr(device, "_CPU_THREADS", None)
-    init_device(load_config([]))
+    assert device.set_cpu_threads(0) == len(os.sched_getaffinity(0))
     assert calls == [len(os.sched_getaffinity(0))]
     assert device.set_cpu_threads(5) == calls[0] and len(calls) == 1   # MindSpore allows one
     monkeypatch.setattr(device, "_CPU_THREADS", None)
-    init_device(load_config(["--cpu_threads=3"]))
-    assert calls[-1] == 3
+    assert device.set_cpu_threads(3) == 3 and calls[-1] == 3
 
 
-def test_cpu_threads_accepted_by_mindspore_in_a_fresh_process():
+def test_init_device_sets_cpu_threads_in_a_fresh_process():
+    # in a process of its own: MindSpore takes the device and the threads once, before any kernel
     code = ("import numpy as np, mindspore as ms\n"
+            "from mindspore._c_expression import RuntimeConf\n"
+            "from src.model_utils import device\n"
             "from src.model_utils.config import load_config\n"
-            "from src.model_utils.device import init_device\n"
+            "assert not RuntimeConf.get_instance().is_op_threads_num_configured()\n"
             "cfg = load_config(['--cpu_threads=1'])\n"
-            "init_device(cfg, ms.PYNATIVE_MODE)\n"
-            "init_device(cfg, ms.PYNATIVE_MODE)\n"
-            "print(float((ms.Tensor(np.ones(4, np.float32)) * 2).sum()))\n")
+            "device.init_device(cfg, ms.PYNATIVE_MODE)\n"
+            "device.init_device(cfg, ms.PYNATIVE_MODE)\n"
+            "assert RuntimeConf.get_instance().is_op_threads_num_configured()\n"
+            "print(device._CPU_THREADS, float((ms.Tensor(np.ones(4, np.float32)) * 2).sum()))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "8.0"
+    assert result.stdout.strip().splitlines()[-1] == "1 8.0"
 
 
 def test_user_error_is_one_line_without_traceback():
