@@ -23,8 +23,9 @@ stop. Every run appends one record to --results (JSON) as soon as it is scored, 
 benchmark resumes with the runs it has not done (a run stopped mid-way resumes from its last
 epoch); --png gets every run's training-loss and validation curves. Scores are SI-SNRi and SDRi
 (BSS Eval). When --test_mixtures changes, the test split is rebuilt with that many mixtures of the
-same test speakers (train-360 and dev unchanged) and the recorded runs are scored again from their
-last weights, without training (the earlier scores stay in each record, under earlier_tests).
+same test speakers (train-360 and dev unchanged) and the recorded runs of the --arms are scored
+again from their last weights, without training (the earlier scores stay in each record, under
+earlier_tests); the summary counts only the runs scored on the current test split.
 
     python benchmarks/compare_training.py --librispeech DIR --work_dir DIR
         --torch_python PATH [--seeds 1,2,3] [--epochs 5] [--arms asteroid,mindspore,mindspore_dm]
@@ -436,11 +437,14 @@ def without_test_size(budget):
     return {k: v for k, v in budget.items() if k != "test_mixtures"}
 
 
-def summarize_arms(records):
-    """Mean, standard deviation, min and max over the seeds of each arm's numbers."""
+def summarize_arms(records, test_mixtures):
+    """Mean, standard deviation, min and max over the seeds of each arm's numbers, over the runs
+    scored on the current test split (`test_mixtures` mixtures); the others are left out until
+    they are scored again."""
     table = {}
     for arm in ARMS:
-        runs = [r for r in records if r["arm"] == arm]
+        runs = [r for r in records if r["arm"] == arm
+                and r.get("test_mixtures", 20) == test_mixtures]
         if not runs:
             continue
         table[arm] = {"seeds": [r["seed"] for r in runs]}
@@ -545,12 +549,12 @@ def main(argv=None):
         results["budget"] = budget
 
     def save():
-        results["summary"] = summarize_arms(results["records"])
+        results["summary"] = summarize_arms(results["records"], args.test_mixtures)
         write_json(args.results, results)
         plot(results["records"], args.png)
 
     for record in results["records"]:
-        if record.get("test_mixtures", 20) != args.test_mixtures:
+        if record["arm"] in arms and record.get("test_mixtures", 20) != args.test_mixtures:
             out = os.path.join(os.path.abspath(args.work_dir), "runs",
                                f"{record['arm']}-seed{record['seed']}")
             print(f"{time.strftime('%H:%M:%S')} scoring {record['arm']} seed {record['seed']} "
