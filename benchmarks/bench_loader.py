@@ -5,8 +5,9 @@ training pipeline (random crops, batches), of the training pipeline with dynamic
 mixtures made from the sources, with speed perturbation and gains), and of the evaluation
 pipeline (whole utterances).
 Prints one JSON object. cpu_ms_per_mixture is the CPU time of the whole process (all its threads)
-per mixture delivered: what the pipeline takes from a training step sharing the cores. MB/s is the audio read per second: whole utterances (mixture and sources,
-16-bit samples as stored), also for training, which reads whole rows and crops them.
+per mixture delivered: what the pipeline takes from a training step sharing the cores. MB/s is
+the audio read per second: whole utterances (mixture and sources, 16-bit samples as stored), also
+for training, which reads whole rows and crops them.
 
     python benchmarks/bench_loader.py [--mixtures 200] [--epochs 3] [--workers 2] [--work_dir DIR]
         [--speed_perturb [0.95,1.0,1.05]] [--gain_db [-5.0,5.0]]   (the dynamic-mixing pass)

@@ -36,6 +36,7 @@ earlier_tests); the summary counts only the runs scored on the current test spli
 torch and asteroid are not project dependencies: install them as benchmarks/README.md says.
 """
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -326,7 +327,6 @@ def test_size(data_dir):
 
 def mixture_names(mini, split):
     """The mixture files of `split` in a mini LibriMix built by make_minilibrimix.py."""
-    import glob
     return sorted(os.path.basename(p) for p in glob.glob(
         os.path.join(mini, "Libri2Mix", "wav*k", "min", split, "mix_clean", "*.wav")))
 
@@ -407,17 +407,21 @@ def run_replay(args, config_flags, spec, out, log_path, data_dir, dev_input, arm
 
 
 def score_mindspore(out, log_path, data_dir, dev_input):
-    """(curves with valid_loss, test scores) of the project's run in `out` (eval.py on its last
-    weights)."""
-    run([sys.executable, "eval.py", f"--config_path={os.path.join(out, 'config.yaml')}",
-         f"--ckpt_file={os.path.join(out, 'conv_tasnet-last.ckpt')}", f"--data_dir={data_dir}",
-         f"--output_dir={out}", "--test_name=test", "--metrics=[sdr]"], log_path)
+    """(curves with valid_loss, test scores) of the project's run in `out`."""
     with open(os.path.join(out, "curves.json"), encoding="utf-8") as f:
         rows = json.load(f)
     for row in rows:
         row["valid_loss"] = -row["valid_si_snri"] - dev_input
+    return rows, eval_test_split(out, log_path, data_dir)
+
+
+def eval_test_split(out, log_path, data_dir):
+    """eval.py's summary of the project's run in `out` on the test split (its last weights)."""
+    run([sys.executable, "eval.py", f"--config_path={os.path.join(out, 'config.yaml')}",
+         f"--ckpt_file={os.path.join(out, 'conv_tasnet-last.ckpt')}", f"--data_dir={data_dir}",
+         f"--output_dir={out}", "--test_name=test", "--metrics=[sdr]"], log_path)
     with open(os.path.join(out, "eval_test", "eval_summary.json"), encoding="utf-8") as f:
-        return rows, json.load(f)
+        return json.load(f)
 
 
 def score_run(args, arm, spec, out, log_path, data_dir):
@@ -429,7 +433,17 @@ def score_run(args, arm, spec, out, log_path, data_dir):
              f"{CHILD_FLAG}={json.dumps(dict(spec, out_dir=out))}"], log_path)
         return score_estimates(os.path.join(out, "test_estimates.npz"), data_dir,
                                spec["model"]["n_src"])
-    return score_mindspore(out, log_path, data_dir, 0.0)[1]
+    return eval_test_split(out, log_path, data_dir)
+
+
+def scored_on(record):
+    """How many test mixtures `record`'s scores are from (records made before the test split was
+    enlarged carry no count: the first split had 20)."""
+    return record.get("test_mixtures", 20)
+
+
+def run_dir(args, arm, seed):
+    return os.path.join(os.path.abspath(args.work_dir), "runs", f"{arm}-seed{seed}")
 
 
 def without_test_size(budget):
@@ -444,7 +458,7 @@ def summarize_arms(records, test_mixtures):
     table = {}
     for arm in ARMS:
         runs = [r for r in records if r["arm"] == arm
-                and r.get("test_mixtures", 20) == test_mixtures]
+                and scored_on(r) == test_mixtures]
         if not runs:
             continue
         table[arm] = {"seeds": [r["seed"] for r in runs]}
@@ -554,16 +568,16 @@ def main(argv=None):
         plot(results["records"], args.png)
 
     for record in results["records"]:
-        if record["arm"] in arms and record.get("test_mixtures", 20) != args.test_mixtures:
-            out = os.path.join(os.path.abspath(args.work_dir), "runs",
-                               f"{record['arm']}-seed{record['seed']}")
+        if record["arm"] in arms and scored_on(record) != args.test_mixtures:
+            out = run_dir(args, record["arm"], record["seed"])
             print(f"{time.strftime('%H:%M:%S')} scoring {record['arm']} seed {record['seed']} "
                   f"on {args.test_mixtures} test mixtures", flush=True)
             scores = score_run(args, record["arm"], dict(spec_base, seed=record["seed"],
                                                          data_dir=data_dir), out, log_path,
                                data_dir)
             record.setdefault("earlier_tests", []).append(
-                {k: record.get(k, 20) for k in ("test_mixtures", "si_snri", "sdri")})
+                dict(test_mixtures=scored_on(record), si_snri=record["si_snri"],
+                     sdri=record["sdri"]))
             record.update(si_snri=scores["si_snri"], sdri=scores["sdri"],
                           test_mixtures=args.test_mixtures)
             save()
@@ -571,7 +585,7 @@ def main(argv=None):
         for arm in arms:
             if any(r["arm"] == arm and r["seed"] == seed for r in results["records"]):
                 continue
-            out = os.path.join(os.path.abspath(args.work_dir), "runs", f"{arm}-seed{seed}")
+            out = run_dir(args, arm, seed)
             os.makedirs(out, exist_ok=True)
             started = time.time()
             print(f"{time.strftime('%H:%M:%S')} {arm} seed {seed} -> {out}", flush=True)
