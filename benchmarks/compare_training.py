@@ -9,6 +9,8 @@ mixtures (SI-SNRi, SDRi, with the project's scoring: src/evaluation/evaluate.py)
                   --torch_python, an interpreter with torch and asteroid)
     mindspore     train.py on the stored mixtures
     mindspore_dm  train.py with dynamic mixing and speed perturbation (--dm_flags)
+    mindspore_dm_plain  train.py with dynamic mixing alone (no speed perturbation): separates the
+                  two parts of mindspore_dm
     mindspore_json  train.py reading the WAVs through the JSON lists instead of MindRecord
     mindspore_replay  train.py's loop and training step from the asteroid arm's initial weights
                   on the asteroid arm's batches (same seed): separates the training step from
@@ -52,8 +54,10 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from src.model_utils.atomic import write_json  # noqa: E402
 from src.model_utils.errors import UserError, run_main  # noqa: E402
 
-ARMS = ("asteroid", "mindspore", "mindspore_dm", "mindspore_replay", "mindspore_replay_msinit",
-        "mindspore_json", "mindspore_replay_crops", "mindspore_replay_order")
+ARMS = ("asteroid", "mindspore", "mindspore_dm", "mindspore_dm_plain", "mindspore_replay",
+        "mindspore_replay_msinit", "mindspore_json", "mindspore_replay_crops",
+        "mindspore_replay_order")
+DM_PLAIN_FLAGS = ["--dynamic_mixing=true", "--speed_perturb=[]"]
 # replay arms from this project's initial weights: {arm: (crops, order)} of their batch stream
 REPLAY_MIXES = {"mindspore_replay_msinit": ("asteroid", "asteroid"),
                 "mindspore_replay_crops": ("batcher", "asteroid"),
@@ -379,6 +383,8 @@ def run_mindspore(args, config_flags, arm, seed, out, log_path, data_dir, dev_in
     flags = train_flags(args, config_flags, seed, out, data_dir) + ["--resume=auto"]
     if arm == "mindspore_dm":
         flags += args.dm_flags.split()
+    if arm == "mindspore_dm_plain":
+        flags += DM_PLAIN_FLAGS
     if arm == "mindspore_json":
         flags += ["--data_format=json"]
     run([sys.executable, "train.py", *flags], log_path)
@@ -477,6 +483,7 @@ def plot(records, path):
     from matplotlib.figure import Figure
     from src.model_utils.atomic import atomic_output
     colours = dict(asteroid="tab:orange", mindspore="tab:blue", mindspore_dm="tab:green",
+                   mindspore_dm_plain="tab:pink",
                    mindspore_replay="tab:purple", mindspore_replay_msinit="tab:brown",
                    mindspore_json="tab:gray", mindspore_replay_crops="tab:olive",
                    mindspore_replay_order="tab:cyan")
