@@ -23,6 +23,7 @@ with `swap_sources` the sources of each stored mixture come in a random order.
 Evaluation: whole utterances, one per batch, in the order of the ids returned.
 """
 import os
+import random
 import re
 import zlib
 
@@ -78,8 +79,12 @@ def create_train_dataset(cfg, rank_id=0, rank_size=1):
 def train_sampler(cfg, split, keep, rank_id=0, rank_size=1):
     """The sampler of the training rows `keep` (a mask over split.ids) for one rank: shuffled anew
     every epoch from the global seed, which this sets to order_seed(cfg.seed), and split between
-    ranks."""
+    ranks. MindSpore's set_seed also reseeds numpy's and Python's global generators, which the
+    network's initialisers draw from: their states are kept as they were."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
     ds.config.set_seed(order_seed(cfg.seed))
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
     sampler = ds.DistributedSampler(rank_size, rank_id, shuffle=True)
     rows = _row_positions(split, cfg.data_format, np.flatnonzero(keep))
     if len(rows) < len(split.ids):

@@ -1,3 +1,5 @@
+import random
+
 import numpy as np
 import pytest
 
@@ -141,6 +143,18 @@ def test_neighbouring_seeds_do_not_share_epoch_orders(data_dir, train_audio, fmt
     assert first == orders(1)
     for epoch in range(3):
         assert all(second[epoch] != first[other] for other in range(3)), epoch
+
+
+def test_building_the_pipeline_leaves_the_global_generators_alone(data_dir):
+    # The network's initialisers draw from numpy's global generator, and train.py builds the
+    # pipeline first: its seed must not decide the initial weights.
+    def draws(build):
+        np.random.seed(5)
+        random.seed(5)
+        if build:
+            create_train_dataset(train_cfg(data_dir, seed=3))
+        return np.random.rand(3).tolist(), random.random()
+    assert draws(True) == draws(False)
 
 
 @pytest.mark.parametrize("fmt", ["mindrecord", "json"])
