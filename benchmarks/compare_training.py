@@ -214,15 +214,16 @@ class ReplayStream:
 
     def __iter__(self):
         from src.data.dataset import crop_start
-        order = crop = None
+        order = None
         if self.orders is not None:
             position = {mid: i for i, mid in enumerate(self.ids)}
             order = [position[mid] for mid in self.orders[self.epoch]]
-        if self.crops == "batcher":
-            def crop(i, length):
-                if length == self.segment:
-                    return 0
-                return crop_start(self.seed, self.epoch, self.ids[i], length, self.segment)
+
+        def batcher_crop(i, length):
+            if length == self.segment:
+                return 0
+            return crop_start(self.seed, self.epoch, self.ids[i], length, self.segment)
+        crop = batcher_crop if self.crops == "batcher" else None
         for mixtures, sources in asteroid_epoch(self.train, self.rng, self.batch, self.segment,
                                                 order, crop):
             yield mixtures, sources, np.full(len(mixtures), self.segment, np.int32)
@@ -482,7 +483,9 @@ def summarize_arms(records, test_mixtures):
 
 
 def plot(records, path):
-    """Every run's training loss and validation SI-SNRi against steps, colour per arm."""
+    """Every run's training loss and validation SI-SNRi against steps (thin lines, colour per
+    arm) and the mean of each arm's runs (thick, in the legend with the number of runs), on the
+    arms summarized on the whole-run curves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from src.model_utils.atomic import atomic_output
@@ -492,19 +495,27 @@ def plot(records, path):
                    mindspore_json="tab:gray", mindspore_replay_crops="tab:olive",
                    mindspore_replay_order="tab:cyan")
     colours.update({old: "lightgray" for old in RETIRED})
-    figure = Figure(figsize=(11, 4.2))
+    figure = Figure(figsize=(12, 4.6))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
+    keys = ("train_loss", "valid_si_snri")
+    by_arm = {}
     for record in records:
+        by_arm.setdefault(record["arm"], []).append(record)
         steps = np.cumsum([r["steps"] for r in record["curves"]])
-        label = f"{record['arm']} seed {record['seed']}"
-        axes[0].plot(steps, [r["train_loss"] for r in record["curves"]], marker=".",
-                     color=colours[record["arm"]], alpha=0.8, label=label)
-        axes[1].plot(steps, [r["valid_si_snri"] for r in record["curves"]], marker=".",
-                     color=colours[record["arm"]], alpha=0.8)
+        for ax, key in zip(axes, keys):
+            ax.plot(steps, [r[key] for r in record["curves"]], color=colours[record["arm"]],
+                    alpha=0.3, linewidth=0.7)
+    for arm, runs in by_arm.items():
+        epochs = min(len(r["curves"]) for r in runs)
+        steps = np.cumsum([r["steps"] for r in runs[0]["curves"][:epochs]])
+        for ax, key in zip(axes, keys):
+            mean = np.mean([[row[key] for row in r["curves"][:epochs]] for r in runs], axis=0)
+            ax.plot(steps, mean, color=colours[arm], linewidth=2.2,
+                    linestyle=":" if arm in RETIRED else "-", label=f"{arm} (mean of {len(runs)})")
     axes[0].set(xlabel="training steps", ylabel="training loss (-SI-SNR, dB), epoch mean")
     axes[1].set(xlabel="training steps", ylabel="validation SI-SNRi (dB), unseen speakers")
-    axes[0].legend(fontsize=6)
+    axes[1].legend(fontsize=7, loc="lower right")
     for ax in axes:
         ax.grid(alpha=0.3)
     figure.tight_layout()
