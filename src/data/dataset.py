@@ -16,7 +16,8 @@ disjoint share of every epoch (padded by repeats to equal shares, so every rank 
 number of steps). Batches are full (the remainder of an epoch's shuffled order waits for a later
 epoch).
 
-The shuffling follows mindspore.dataset's global seed, which create_train_dataset sets to cfg.seed.
+The shuffling follows mindspore.dataset's global seed, which create_train_dataset sets to a hash of
+cfg.seed (order_seed).
 With `dynamic_mixing` the training examples are made on the fly instead (src/data/dynamic_mixing.py);
 with `swap_sources` the sources of each stored mixture come in a random order.
 
