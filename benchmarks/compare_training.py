@@ -57,7 +57,9 @@ from src.model_utils.errors import UserError, run_main  # noqa: E402
 ARMS = ("asteroid", "mindspore", "mindspore_dm", "mindspore_dm_plain", "mindspore_replay",
         "mindspore_replay_msinit", "mindspore_json", "mindspore_replay_crops",
         "mindspore_replay_order")
-DM_PLAIN_FLAGS = ["--dynamic_mixing=true", "--speed_perturb=[]"]
+# train.py flags of the arms that add fixed ones (mindspore_dm's come from --dm_flags)
+ARM_FLAGS = {"mindspore_dm_plain": ["--dynamic_mixing=true", "--speed_perturb=[]"],
+             "mindspore_json": ["--data_format=json"]}
 # mindspore and mindspore_replay_order as recorded before train.py's shuffling seed was hashed
 # (src/data/dataset.order_seed), when neighbouring seeds shared their MindRecord orders one epoch
 # apart. Kept in the results, summarized and plotted; never run or re-scored.
@@ -386,12 +388,7 @@ def train_flags(args, config_flags, seed, out, data_dir):
 
 def run_mindspore(args, config_flags, arm, seed, out, log_path, data_dir, dev_input):
     flags = train_flags(args, config_flags, seed, out, data_dir) + ["--resume=auto"]
-    if arm == "mindspore_dm":
-        flags += args.dm_flags.split()
-    if arm == "mindspore_dm_plain":
-        flags += DM_PLAIN_FLAGS
-    if arm == "mindspore_json":
-        flags += ["--data_format=json"]
+    flags += args.dm_flags.split() if arm == "mindspore_dm" else ARM_FLAGS.get(arm, [])
     run([sys.executable, "train.py", *flags], log_path)
     return score_mindspore(out, log_path, data_dir, dev_input)
 
@@ -465,27 +462,51 @@ def without_test_size(budget):
 def summarize_arms(records, test_mixtures):
     """Mean, standard deviation, min and max over the seeds of each arm's numbers, over the runs
     scored on the current test split (`test_mixtures` mixtures); the others are left out until
-    they are scored again."""
-    table = {}
+    they are scored again. dev_si_snri_last5 is each run's dev SI-SNRi averaged over its last five
+    epochs; dev_rising counts the runs where that mean exceeds the one of the five epochs before
+    (still improving, not overfitting); vs_asteroid compares the arm's test scores with the
+    Asteroid arm's: difference of the means, its 95% interval (normal approximation of Welch's
+    standard error) and Welch's t-test p."""
+    from scipy import stats
+    table, scores = {}, {}
     for arm in (*ARMS, *RETIRED):
         runs = [r for r in records if r["arm"] == arm
                 and scored_on(r) == test_mixtures]
         if not runs:
             continue
-        table[arm] = {"seeds": [r["seed"] for r in runs]}
-        for key in ("si_snri", "sdri", "final_train_loss", "final_valid_loss", "ms_per_step"):
-            values = np.array([r[key] for r in runs], float)
-            spread = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            table[arm][key] = dict(mean=round(float(values.mean()), 3), std=round(spread, 3),
-                                   min=round(float(values.min()), 3),
-                                   max=round(float(values.max()), 3))
+        dev = [[row["valid_si_snri"] for row in r["curves"]] for r in runs]
+        values = dict({key: [r[key] for r in runs] for key in
+                       ("si_snri", "sdri", "final_train_loss", "final_valid_loss", "ms_per_step")},
+                      dev_si_snri_last5=[np.mean(d[-5:]) for d in dev])
+        scores[arm] = {k: np.array(values[k], float) for k in ("si_snri", "sdri")}
+        table[arm] = {"seeds": [r["seed"] for r in runs],
+                      "dev_rising": int(sum(np.mean(d[-5:]) > np.mean(d[-10:-5]) for d in dev))}
+        for key, column in values.items():
+            column = np.array(column, float)
+            spread = float(column.std(ddof=1)) if len(column) > 1 else 0.0
+            table[arm][key] = dict(mean=round(float(column.mean()), 3), std=round(spread, 3),
+                                   min=round(float(column.min()), 3),
+                                   max=round(float(column.max()), 3))
+    for arm in table:
+        if arm == "asteroid" or "asteroid" not in scores or len(scores[arm]["si_snri"]) < 2:
+            continue
+        table[arm]["vs_asteroid"] = {}
+        for key, ours in scores[arm].items():
+            theirs = scores["asteroid"][key]
+            diff = ours.mean() - theirs.mean()
+            error = np.sqrt(ours.var(ddof=1) / len(ours) + theirs.var(ddof=1) / len(theirs))
+            table[arm]["vs_asteroid"][key] = dict(
+                difference=round(float(diff), 3),
+                interval95=[round(float(diff - 1.96 * error), 3),
+                            round(float(diff + 1.96 * error), 3)],
+                welch_p=round(float(stats.ttest_ind(ours, theirs, equal_var=False).pvalue), 3))
     return table
 
 
 def plot(records, path):
     """Every run's training loss and validation SI-SNRi against steps (thin lines, colour per
-    arm) and the mean of each arm's runs (thick, in the legend with the number of runs), on the
-    arms summarized on the whole-run curves."""
+    arm) and each arm's mean over its runs (thick, in the legend with the number of runs;
+    retired arms dotted)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from src.model_utils.atomic import atomic_output
